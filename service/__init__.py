@@ -1,0 +1,53 @@
+"""The chat streaming gateway: ``create_app`` builds the Flask app; no routes live here."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask
+
+from service.api import chat, conversations, health
+from service.api.errors import register_error_handlers
+from service.auth import Authenticator
+from service.chat.service import ChatService
+from service.config import Settings, default_database_url
+from service.extensions import KEY, Services
+from service.live import StreamRegistry
+from service.llm.providers import build_client
+from service.llm.streaming import StreamingService
+from service.store.conversations import ConversationStore
+from service.store.database import Database
+from service.watchdog import Timing
+
+log = logging.getLogger(__name__)
+
+
+def create_app(overrides: Mapping[str, Any] | None = None, settings: Settings | None = None) -> Flask:
+    """Build the app from the environment; ``overrides`` replace individual settings (tests)."""
+    app = Flask(__name__, instance_relative_config=True)
+    settings = (settings or Settings.from_env()).with_overrides(overrides or {})
+    if not settings.database_url:
+        settings = settings.with_overrides({"database_url": default_database_url(app.instance_path)})
+    database = Database(settings.database_url)
+    database.create_tables()
+    store = ConversationStore(database)
+    auth = Authenticator(settings)
+    if not auth.enabled:
+        log.warning("JWT_SECRET and JWT_PUBLIC_KEY are unset: auth is OFF and every request is one local user.")
+    app.extensions[KEY] = Services(
+        settings=settings,
+        database=database,
+        conversations=store,
+        chat=ChatService(settings, StreamingService(build_client(settings)), store),
+        streams=StreamRegistry(),
+        auth=auth,
+        timing=Timing(settings.heartbeat_seconds, settings.stream_idle_timeout, settings.stream_max_seconds),
+    )
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    for blueprint in (chat.bp, conversations.bp, health.bp):
+        app.register_blueprint(blueprint)
+    register_error_handlers(app)
+    return app

@@ -1,0 +1,51 @@
+"""Conversation views: list, read, delete. Only the owner sees a conversation; others get 404."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from flask import Blueprint, request
+
+from service.errors import NotFound
+from service.extensions import services
+from service.schemas import PageQuerySchema, load
+
+bp = Blueprint("conversations", __name__, url_prefix="/api/v1/ai/conversations")
+_page = PageQuerySchema()
+
+
+def _conversation_id(raw: str) -> str:
+    try:
+        return str(uuid.UUID(raw))
+    except ValueError:
+        raise NotFound("No such conversation.") from None
+
+
+@bp.get("")
+def list_conversations() -> dict[str, Any]:
+    """The caller's conversations, most recently updated first."""
+    found = services()
+    user_id = found.auth.user_for(request.headers)
+    page = load(_page, request.args.to_dict())
+    return {"conversations": found.conversations.list_for(user_id, page["limit"], page["offset"])}
+
+
+@bp.get("/<conversation_id>")
+def read_conversation(conversation_id: str) -> dict[str, Any]:
+    """One conversation with its messages, oldest first."""
+    found = services()
+    user_id = found.auth.user_for(request.headers)
+    conversation = found.conversations.read(_conversation_id(conversation_id), user_id)
+    if conversation is None:
+        raise NotFound("No such conversation.")
+    return conversation
+
+
+@bp.delete("/<conversation_id>")
+def delete_conversation(conversation_id: str) -> tuple[str, int]:
+    found = services()
+    user_id = found.auth.user_for(request.headers)
+    if not found.conversations.delete(_conversation_id(conversation_id), user_id):
+        raise NotFound("No such conversation.")
+    return "", 204

@@ -1,0 +1,57 @@
+"""Every error leaves as the one JSON shape of WIRE.md; nothing leaks a traceback."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, Response, jsonify
+from werkzeug.exceptions import HTTPException
+
+from service.errors import (
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    RequestError,
+    ServiceError,
+    UnsupportedMediaType,
+)
+
+log = logging.getLogger(__name__)
+_HTTP_ERRORS: dict[int, type[RequestError]] = {
+    400: InvalidRequest,
+    404: NotFound,
+    405: MethodNotAllowed,
+    413: PayloadTooLarge,
+    415: UnsupportedMediaType,
+}
+
+
+def error_response(error: ServiceError) -> Response:
+    response = jsonify(error.to_dict())
+    response.status_code = error.status
+    if isinstance(error, RequestError):
+        response.headers.update(error.headers)
+    return response
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(ServiceError)
+    def service_error(error: ServiceError) -> Response:
+        return error_response(error)
+
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException) -> Response:
+        mapped = _HTTP_ERRORS.get(error.code or 500)
+        if mapped is None:
+            generic = ServiceError(error.description or "Request failed.")
+            response = jsonify({"error": {"code": (error.name or "error").lower().replace(" ", "_"),
+                                          "message": generic.message}})
+            response.status_code = error.code or 500
+            return response
+        return error_response(mapped())
+
+    @app.errorhandler(Exception)
+    def unexpected(error: Exception) -> Response:
+        log.exception("unhandled error")
+        return error_response(ServiceError())

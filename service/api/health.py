@@ -1,0 +1,31 @@
+"""Liveness and readiness: no auth, no limits."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint
+
+from service.extensions import services
+
+bp = Blueprint("health", __name__)
+
+
+@bp.get("/healthz")
+def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@bp.get("/readyz")
+def readyz() -> tuple[dict[str, Any], int]:
+    """Ready when the database answers and a model is configured."""
+    found = services()
+    checks: dict[str, str] = {}
+    try:
+        found.database.ping()
+        checks["database"] = "ok"
+    except Exception:
+        checks["database"] = "unavailable"
+    checks["model"] = f"{found.settings.provider}:{found.settings.chat_model}"
+    ready = all(value != "unavailable" for value in checks.values())
+    return {"status": "ready" if ready else "not_ready", "checks": checks}, 200 if ready else 503

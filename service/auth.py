@@ -1,0 +1,58 @@
+"""Bearer token → user id. JWT (HS256 with ``JWT_SECRET`` or RS256 with ``JWT_PUBLIC_KEY``); ``sub`` is the id.
+
+With neither key set, auth is off: every request is the one local user, and ``create_app`` logs a warning.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import jwt
+
+from service.config import Settings
+from service.errors import Unauthorized
+
+LOCAL_USER = "local"
+
+
+class Authenticator:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        if settings.jwt_public_key:
+            self.key: str | None = settings.jwt_public_key
+            self.algorithms = ["RS256"]
+        elif settings.jwt_secret:
+            self.key = settings.jwt_secret
+            self.algorithms = ["HS256"]
+        else:
+            self.key = None
+            self.algorithms = []
+
+    @property
+    def enabled(self) -> bool:
+        return self.key is not None
+
+    def user_for(self, headers: Mapping[str, str]) -> str:
+        """The user id the request's bearer token proves, or raise ``Unauthorized``."""
+        if self.key is None:
+            return LOCAL_USER
+        scheme, _, token = headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthorized("A bearer token is required.")
+        try:
+            claims = jwt.decode(
+                token.strip(),
+                self.key,
+                algorithms=self.algorithms,
+                audience=self.settings.jwt_audience,
+                issuer=self.settings.jwt_issuer,
+                options={"require": ["exp", "sub"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise Unauthorized("The token has expired.") from None
+        except jwt.PyJWTError:
+            raise Unauthorized("The token is not valid.") from None
+        subject = claims.get("sub")
+        if not isinstance(subject, str) or not subject:
+            raise Unauthorized("The token names no user.")
+        return subject

@@ -1,0 +1,86 @@
+"""The events a chat stream yields: plain data, no SSE and no Flask.
+
+``payload()`` gives the wire dict of WIRE.md; the SSE layer only frames it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    estimated: bool = False
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def payload(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "promptTokens": self.prompt_tokens,
+            "completionTokens": self.completion_tokens,
+            "totalTokens": self.total_tokens,
+        }
+        if self.estimated:
+            body["estimated"] = True
+        return body
+
+
+@dataclass(frozen=True, slots=True)
+class Metadata:
+    stream_id: str
+    conversation_id: str
+    message_id: str
+    model: str
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            "type": "metadata",
+            "streamId": self.stream_id,
+            "conversationId": self.conversation_id,
+            "messageId": self.message_id,
+            "model": self.model,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    content: str
+
+    def payload(self) -> dict[str, Any]:
+        return {"type": "token", "content": self.content}
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    finish_reason: str
+    usage: Usage
+    tokens_per_second: float
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            "type": "done",
+            "finishReason": self.finish_reason,
+            "usage": self.usage.payload(),
+            "tokensPerSecond": self.tokens_per_second,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Error:
+    code: str
+    message: str
+    retryable: bool
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            "type": "error",
+            "error": {"code": self.code, "message": self.message, "retryable": self.retryable},
+        }
+
+
+Event = Metadata | Token | Done | Error

@@ -1,0 +1,199 @@
+"""ChatService: the orchestration of one chat turn, and nothing else.
+
+checks → context → upstream stream → events; the exchange is saved exactly once, in ``ChatStream``'s
+``finally``, complete or incomplete, so nothing the user saw is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from service.chat.context import build_messages, estimate_prompt_tokens
+from service.chat.events import Done, Error, Event, Metadata, Token, Usage
+from service.chat.safety import checked_message
+from service.config import Settings
+from service.errors import (
+    Cancelled,
+    ContentFiltered,
+    InternalError,
+    NotFound,
+    RateLimited,
+    ServiceError,
+    StreamError,
+    UpstreamUnavailable,
+)
+from service.llm.streaming import CompletionRequest, StreamingService, UpstreamStream
+from service.store.conversations import ConversationStore, ExchangeRecord
+
+log = logging.getLogger(__name__)
+
+
+class TokenMeter(Protocol):
+    """Counts completion tokens as they stream; raises ``BudgetSpent`` when the budget runs out."""
+
+    def add(self, count: int) -> None: ...
+
+    def flush(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    user_id: str
+    message: str
+    conversation_id: str | None = None
+    model: str | None = None
+
+
+class ChatStream:
+    """One running chat turn. ``events()`` yields batches of events; run it once.
+
+    ``reading`` is True only while the upstream is being read: the one window in which a watchdog may
+    interrupt the stream (see ``service.api.relay``).
+    """
+
+    def __init__(
+        self,
+        metadata: Metadata,
+        request: ChatRequest,
+        upstream: UpstreamStream,
+        store: ConversationStore,
+        prompt_tokens_estimate: int,
+        meter: TokenMeter | None = None,
+        on_end: Callable[[], None] | None = None,
+    ) -> None:
+        self.metadata = metadata
+        self.request = request
+        self.upstream = upstream
+        self.store = store
+        self.prompt_tokens_estimate = prompt_tokens_estimate
+        self.meter = meter
+        self.on_end = on_end
+        self.reading = False
+        self.stop_requested: StreamError | None = None
+        self.parts: list[str] = []
+        self.finished = False
+        self.started = time.monotonic()
+
+    def events(self) -> Iterator[list[Event]]:
+        try:
+            yield [self.metadata]
+            try:
+                self.reading = True
+                if self.stop_requested is not None:
+                    raise self.stop_requested
+                for texts in self.upstream.batches():
+                    self.parts.extend(texts)
+                    if self.meter is not None:
+                        self.meter.add(len(texts))
+                    yield [Token(text) for text in texts]
+                self.reading = False
+                if self.meter is not None:
+                    self.meter.flush()
+            except StreamError as exc:
+                final: Event = self.finish(exc)
+            except Exception:
+                log.exception("stream %s failed", self.metadata.stream_id)
+                final = self.finish(InternalError())
+            else:
+                final = self.finish(None)
+            yield [final]
+        finally:
+            if not self.finished:
+                self.finish(Cancelled("The client disconnected before the reply finished."))
+
+    def finish(self, error: ServiceError | None) -> Done | Error:
+        """Close the upstream, save the exchange once, and return the stream's last event."""
+        self.reading = False
+        self.upstream.close()
+        usage = self.usage()
+        final: Done | Error
+        if error is None:
+            elapsed = max(time.monotonic() - self.started, 1e-6)
+            final = Done(self.upstream.finish_reason or "stop", usage, round(usage.completion_tokens / elapsed, 1))
+        else:
+            final = Error(error.code, error.message, error.retryable)
+        if not self.finished:
+            self.finished = True
+            try:
+                self.save(error is None, usage)
+            finally:
+                if self.on_end is not None:
+                    self.on_end()
+        return final
+
+    def usage(self) -> Usage:
+        if self.upstream.usage is not None:
+            return Usage(*self.upstream.usage)
+        return Usage(self.prompt_tokens_estimate, self.upstream.deltas, estimated=True)
+
+    def save(self, complete: bool, usage: Usage) -> None:
+        try:
+            self.store.save_exchange(
+                ExchangeRecord(
+                    conversation_id=self.metadata.conversation_id,
+                    user_id=self.request.user_id,
+                    user_message=self.request.message,
+                    reply="".join(self.parts),
+                    reply_id=self.metadata.message_id,
+                    status="complete" if complete else "incomplete",
+                    model=self.metadata.model,
+                    finish_reason=self.upstream.finish_reason,
+                    prompt_tokens=usage.prompt_tokens,
+                    completion_tokens=usage.completion_tokens,
+                )
+            )
+        except Exception:
+            log.exception("could not save conversation %s", self.metadata.conversation_id)
+
+
+class ChatService:
+    def __init__(self, settings: Settings, streaming: StreamingService, store: ConversationStore) -> None:
+        self.settings = settings
+        self.streaming = streaming
+        self.store = store
+
+    def open_stream(
+        self, request: ChatRequest, meter: TokenMeter | None = None, on_end: Callable[[], None] | None = None
+    ) -> ChatStream:
+        """Check, build context and open the upstream; every refusal is raised before any byte is sent."""
+        settings = self.settings
+        moderators = [self.streaming.moderate] if settings.moderation else []
+        message = checked_message(request.message, settings.max_message_chars, settings.blocked_terms, moderators)
+        request = ChatRequest(request.user_id, message, request.conversation_id, request.model)
+        history: list[tuple[str, str]] = []
+        conversation_id = request.conversation_id
+        if conversation_id is None:
+            conversation_id = str(uuid.uuid4())
+        else:
+            found = self.store.history(conversation_id, request.user_id, settings.history_messages)
+            if found is None:
+                raise NotFound("No such conversation.")
+            history = found
+        messages = build_messages(settings.system_prompt, history, message)
+        model = request.model or settings.chat_model
+        upstream = self.streaming.open(CompletionRequest(model, messages, settings.max_tokens))
+        metadata = Metadata(uuid.uuid4().hex, conversation_id, str(uuid.uuid4()), model)
+        return ChatStream(metadata, request, upstream, self.store, estimate_prompt_tokens(messages), meter, on_end)
+
+    def chat(self, stream: ChatStream) -> dict[str, Any]:
+        """Run a stream to its end and answer as one JSON body (the non-streaming fallback)."""
+        final: Event | None = None
+        for events in stream.events():
+            final = events[-1]
+        metadata = stream.metadata
+        if isinstance(final, Error) and final.code != ContentFiltered.code:
+            raise RateLimited(final.message) if final.code == RateLimited.code else UpstreamUnavailable(final.message)
+        usage = stream.usage()
+        return {
+            "conversationId": metadata.conversation_id,
+            "messageId": metadata.message_id,
+            "content": "".join(stream.parts),
+            "model": metadata.model,
+            "finishReason": stream.upstream.finish_reason if isinstance(final, Done) else "content_filter",
+            "usage": usage.payload(),
+        }

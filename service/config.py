@@ -1,0 +1,188 @@
+"""Typed settings, read once from the environment.
+
+A bad value fails loudly at start (``ConfigError`` names the variable) rather than at the first request.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a helpful, concise assistant. Answer clearly and say so when you are not sure."
+)
+LOCAL_MODEL_NAME = "smollm2-135m-instruct"
+_RATE = re.compile(r"^\s*(\d+)\s*(?:/|\s+per\s+)\s*(\d+\s+)?(second|minute|hour|day)s?\s*$")
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed."""
+
+
+def parse_rate(name: str, value: str) -> tuple[int, int]:
+    """Parse ``40000/hour`` into (amount, window seconds) so a bad budget fails at start."""
+    match = _RATE.match(value)
+    if not match:
+        raise ConfigError(f"Config {name!r} must look like '40000/hour', got {value!r}.")
+    unit = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}[match.group(3)]
+    multiple = int(match.group(2) or 1)
+    return int(match.group(1)), unit * multiple
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the service reads from its environment."""
+
+    openai_api_key: str | None = None
+    openai_base_url: str | None = None
+    azure_endpoint: str | None = None
+    azure_api_key: str | None = None
+    openai_api_version: str | None = None
+    chat_model: str = "gpt-4o-mini"
+    chat_models: tuple[str, ...] = ()
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    max_tokens: int | None = None
+    upstream_attempts: int = 3
+    upstream_connect_timeout: float = 5.0
+    database_url: str = ""
+    redis_url: str | None = None
+    ratelimit_storage_uri: str = "memory://"
+    rate_limit: str = "30/minute"
+    token_budget: str = "40000/hour"
+    max_streams_per_user: int = 3
+    stream_idle_timeout: float = 60.0
+    stream_max_seconds: float = 300.0
+    heartbeat_seconds: float = 15.0
+    jwt_secret: str | None = None
+    jwt_public_key: str | None = None
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    max_message_chars: int = 8000
+    max_body_bytes: int = 64 * 1024
+    history_messages: int = 20
+    blocked_terms: tuple[str, ...] = ()
+    moderation: bool = False
+    local_model: bool = False
+
+    @property
+    def provider(self) -> str:
+        """Which backend the settings select: ``azure``, ``openai`` (any compatible URL) or ``local``."""
+        if self.azure_endpoint:
+            return "azure"
+        if self.openai_api_key or self.openai_base_url:
+            return "openai"
+        return "local"
+
+    @property
+    def allowed_models(self) -> tuple[str, ...]:
+        return self.chat_models or (self.chat_model,)
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> Settings:
+        known = {f.name for f in fields(self)}
+        unknown = set(overrides) - known
+        if unknown:
+            raise ConfigError(f"Unknown settings: {sorted(unknown)}")
+        return replace(self, **overrides)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        reader = _Reader(env)
+        local = not (env.get("AZURE_OPENAI_ENDPOINT") or env.get("OPENAI_API_KEY") or env.get("OPENAI_BASE_URL"))
+        chat_model = reader.text("CHAT_MODEL", LOCAL_MODEL_NAME if local else "gpt-4o-mini")
+        redis_url = reader.optional("REDIS_URL")
+        settings = cls(
+            openai_api_key=reader.optional("OPENAI_API_KEY"),
+            openai_base_url=reader.optional("OPENAI_BASE_URL"),
+            azure_endpoint=reader.optional("AZURE_OPENAI_ENDPOINT"),
+            azure_api_key=reader.optional("AZURE_OPENAI_API_KEY"),
+            openai_api_version=reader.optional("OPENAI_API_VERSION"),
+            chat_model=chat_model,
+            chat_models=reader.items("CHAT_MODELS") or (chat_model,),
+            system_prompt=reader.text("SYSTEM_PROMPT", DEFAULT_SYSTEM_PROMPT),
+            max_tokens=reader.optional_int("MAX_COMPLETION_TOKENS"),
+            upstream_attempts=reader.integer("UPSTREAM_ATTEMPTS", 3, minimum=1),
+            database_url=reader.text("DATABASE_URL", ""),
+            redis_url=redis_url,
+            ratelimit_storage_uri=reader.text("RATELIMIT_STORAGE_URI", redis_url or "memory://"),
+            rate_limit=reader.text("RATE_LIMIT", "30/minute"),
+            token_budget=reader.text("TOKEN_BUDGET", "40000/hour"),
+            max_streams_per_user=reader.integer("MAX_STREAMS_PER_USER", 3, minimum=1),
+            stream_idle_timeout=reader.number("STREAM_IDLE_TIMEOUT", 60.0),
+            stream_max_seconds=reader.number("STREAM_MAX_SECONDS", 300.0),
+            heartbeat_seconds=reader.number("HEARTBEAT_SECONDS", 15.0),
+            jwt_secret=reader.optional("JWT_SECRET"),
+            jwt_public_key=reader.optional("JWT_PUBLIC_KEY"),
+            jwt_audience=reader.optional("JWT_AUDIENCE"),
+            jwt_issuer=reader.optional("JWT_ISSUER"),
+            max_message_chars=reader.integer("MAX_MESSAGE_CHARS", 8000, minimum=1),
+            max_body_bytes=reader.integer("MAX_BODY_BYTES", 64 * 1024, minimum=256),
+            history_messages=reader.integer("HISTORY_MESSAGES", 20, minimum=0),
+            blocked_terms=reader.items("BLOCKED_TERMS"),
+            moderation=reader.switch("MODERATION"),
+            local_model=local,
+        )
+        parse_rate("TOKEN_BUDGET", settings.token_budget)
+        return settings
+
+
+def default_database_url(instance_path: str) -> str:
+    return f"sqlite:///{Path(instance_path) / 'chat.sqlite3'}"
+
+
+class _Reader:
+    """Reads and checks one environment variable at a time, naming it in every error."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+
+    def optional(self, name: str) -> str | None:
+        value = self.env.get(name, "").strip()
+        return value or None
+
+    def text(self, name: str, default: str) -> str:
+        return self.optional(name) or default
+
+    def items(self, name: str) -> tuple[str, ...]:
+        return tuple(item.strip() for item in self.env.get(name, "").split(",") if item.strip())
+
+    def number(self, name: str, default: float) -> float:
+        raw = self.optional(name)
+        if raw is None:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(f"Config {name!r} must be a number, got {raw!r}.") from None
+        if value <= 0:
+            raise ConfigError(f"Config {name!r} must be positive, got {raw!r}.")
+        return value
+
+    def integer(self, name: str, default: int, minimum: int = 0) -> int:
+        value = self.optional_int(name)
+        if value is None:
+            return default
+        if value < minimum:
+            raise ConfigError(f"Config {name!r} must be at least {minimum}, got {value}.")
+        return value
+
+    def optional_int(self, name: str) -> int | None:
+        raw = self.optional(name)
+        if raw is None:
+            return None
+        try:
+            return int(raw)
+        except ValueError:
+            raise ConfigError(f"Config {name!r} must be a whole number, got {raw!r}.") from None
+
+    def switch(self, name: str) -> bool:
+        raw = (self.optional(name) or "off").lower()
+        if raw in {"on", "true", "1", "yes"}:
+            return True
+        if raw in {"off", "false", "0", "no"}:
+            return False
+        raise ConfigError(f"Config {name!r} must be on or off, got {raw!r}.")

@@ -1,0 +1,130 @@
+"""The one error tree and the one JSON error shape.
+
+```
+ServiceError                      code                 status  (retryable once streaming)
+├── RequestError                  (before the stream: plain HTTP + JSON body)
+│   ├── InvalidRequest            validation_error     400
+│   ├── UnsafeInput               unsafe_input         400
+│   ├── Unauthorized              unauthorized         401
+│   ├── NotFound                  not_found            404
+│   ├── PayloadTooLarge           payload_too_large    413
+│   ├── UnsupportedMediaType      unsupported_media_type 415
+│   ├── RateLimited               rate_limited         429 (+ Retry-After)
+│   └── UpstreamUnavailable       upstream_unavailable 503
+└── StreamError                   (after the first byte: an SSE ``error`` event)
+    ├── IdleTimeout               idle_timeout         retryable
+    ├── BudgetSpent               rate_limited         retryable
+    ├── UpstreamFailed            upstream_error       retryable
+    ├── ContentFiltered           content_filtered
+    ├── Cancelled                 cancelled
+    ├── ServerShutdown            server_shutdown      retryable
+    └── InternalError             internal
+```
+Messages are written for a person and never carry internals (tracebacks, upstream bodies, keys).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class ServiceError(Exception):
+    code: ClassVar[str] = "internal"
+    status: ClassVar[int] = 500
+    retryable: ClassVar[bool] = False
+    default_message: ClassVar[str] = "Something went wrong on our side."
+
+    def __init__(self, message: str | None = None, details: dict[str, Any] | None = None) -> None:
+        self.message = message or self.default_message
+        self.details = details or {}
+        super().__init__(self.message)
+
+    def to_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.details:
+            body["details"] = self.details
+        return {"error": body}
+
+
+class RequestError(ServiceError):
+    """Refused before any stream began."""
+
+    headers: dict[str, str]
+
+    def __init__(self, message: str | None = None, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message, details)
+        self.headers = {}
+
+
+class InvalidRequest(RequestError):
+    code, status, default_message = "validation_error", 400, "The request is not valid."
+
+
+class UnsafeInput(RequestError):
+    code, status, default_message = "unsafe_input", 400, "The message was refused by a safety check."
+
+
+class Unauthorized(RequestError):
+    code, status, default_message = "unauthorized", 401, "A valid bearer token is required."
+
+
+class NotFound(RequestError):
+    code, status, default_message = "not_found", 404, "Not found."
+
+
+class MethodNotAllowed(RequestError):
+    code, status, default_message = "method_not_allowed", 405, "That method is not allowed here."
+
+
+class PayloadTooLarge(RequestError):
+    code, status, default_message = "payload_too_large", 413, "The request body is too large."
+
+
+class UnsupportedMediaType(RequestError):
+    code, status, default_message = "unsupported_media_type", 415, "Send the body as application/json."
+
+
+class RateLimited(RequestError):
+    code, status, default_message = "rate_limited", 429, "Too many requests; try again later."
+
+    def __init__(self, message: str | None = None, retry_after: int = 1) -> None:
+        super().__init__(message, {"retryAfter": retry_after})
+        self.retry_after = max(1, retry_after)
+        self.headers = {"Retry-After": str(self.retry_after)}
+
+
+class UpstreamUnavailable(RequestError):
+    code, status, default_message = "upstream_unavailable", 503, "The model could not be reached; try again shortly."
+    retryable = True
+
+
+class StreamError(ServiceError):
+    """Ends a stream that has already started, as an SSE ``error`` event."""
+
+
+class IdleTimeout(StreamError):
+    code, retryable, default_message = "idle_timeout", True, "The model stopped responding."
+
+
+class BudgetSpent(StreamError):
+    code, retryable, default_message = "rate_limited", True, "Your token budget is spent; try again later."
+
+
+class UpstreamFailed(StreamError):
+    code, retryable, default_message = "upstream_error", True, "The model failed while answering."
+
+
+class ContentFiltered(StreamError):
+    code, default_message = "content_filtered", "The provider's content filter stopped the reply."
+
+
+class Cancelled(StreamError):
+    code, default_message = "cancelled", "The stream was cancelled."
+
+
+class ServerShutdown(StreamError):
+    code, retryable, default_message = "server_shutdown", True, "The server is restarting; reconnect to resume."
+
+
+class InternalError(StreamError):
+    code, default_message = "internal", "Something went wrong on our side."

@@ -1,0 +1,33 @@
+"""The per-process singletons, built once in ``create_app`` and reached through ``services()``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flask import current_app
+
+from service.auth import Authenticator
+from service.chat.service import ChatService
+from service.config import Settings
+from service.live import StreamRegistry
+from service.store.conversations import ConversationStore
+from service.store.database import Database
+from service.watchdog import Timing
+
+KEY = "chat_gateway"
+
+
+@dataclass
+class Services:
+    settings: Settings
+    database: Database
+    conversations: ConversationStore
+    chat: ChatService
+    streams: StreamRegistry
+    auth: Authenticator
+    timing: Timing
+
+
+def services() -> Services:
+    found: Services = current_app.extensions[KEY]
+    return found

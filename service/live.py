@@ -1,0 +1,154 @@
+"""Live streams: one producer greenlet per chat turn, any number of readers, replay by event id.
+
+The producer ("pump") runs ``ChatStream.events()``, frames each batch once, appends it to the stream's
+replay buffer and hands it to every reader's queue. The POST that started the stream is simply the first
+reader; ``GET /stream/<id>`` with ``Last-Event-ID`` is another, from any point. Reading from a queue (not
+from the upstream socket) is what lets a reader's connection send ``: ping`` while the model is silent.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from typing import Final
+
+import gevent
+from gevent.queue import SimpleQueue
+
+from service.api.sse import PING, encode_batch, event_prefix, retry_field
+from service.chat.service import ChatStream
+from service.errors import StreamError
+
+log = logging.getLogger(__name__)
+END: Final = b""
+
+
+class LiveStream:
+    """The shared state of one running (or recently finished) stream."""
+
+    def __init__(self, chat: ChatStream) -> None:
+        self.chat = chat
+        self.stream_id = chat.metadata.stream_id
+        self.user_id = chat.request.user_id
+        self.batches: list[bytes] = []
+        self.first_sequences: list[int] = []
+        self.next_sequence = 0
+        self.readers: list[SimpleQueue[bytes]] = []
+        self.done = False
+        self.finished_at = 0.0
+        self.last_token_at = self.last_write_at = time.monotonic()
+        self.pump: gevent.Greenlet[[], None] | None = None
+
+    def start(self) -> None:
+        self.pump = gevent.spawn(self._run)
+        self.pump.link_exception(_log_death)
+
+    def _run(self) -> None:
+        prefix = event_prefix(self.stream_id)
+        try:
+            for events in self.chat.events():
+                self._publish(encode_batch(prefix, self.next_sequence, events), len(events))
+        finally:
+            self.done = True
+            self.finished_at = time.monotonic()
+            for reader in self.readers:
+                reader.put(END)
+
+    def _publish(self, data: bytes, count: int) -> None:
+        self.batches.append(data)
+        self.first_sequences.append(self.next_sequence)
+        self.next_sequence += count
+        self.last_token_at = self.last_write_at = time.monotonic()
+        for reader in self.readers:
+            reader.put(data)
+
+    def ping(self) -> None:
+        """Keep quiet connections open (heartbeat); costs nothing while tokens flow."""
+        self.last_write_at = time.monotonic()
+        for reader in self.readers:
+            reader.put(PING)
+
+    def stop(self, error: StreamError) -> bool:
+        """End the stream with ``error`` unless it is already ending; True if this call stops it.
+
+        Only a pump that is reading the upstream is interrupted (never one that is saving); one that has
+        not begun reading is told to stop when it does.
+        """
+        if self.done or self.pump is None or self.chat.finished:
+            return False
+        if self.chat.reading:
+            self.pump.kill(error, block=False)
+        else:
+            self.chat.stop_requested = error
+        return True
+
+    def wait(self, timeout: float | None = None) -> None:
+        if self.pump is not None:
+            self.pump.join(timeout)
+
+    def read(self, after: int = -1) -> Iterator[bytes]:
+        """The ``retry`` field, every event after sequence ``after``, then live events until the end."""
+        queue: SimpleQueue[bytes] = SimpleQueue()
+        yield retry_field()
+        backlog = self._backlog(after)
+        if not self.done:
+            self.readers.append(queue)
+        try:
+            if backlog:
+                yield backlog
+            if self.done:
+                return
+            while True:
+                item = queue.get()
+                if item is END:
+                    return
+                yield item
+        finally:
+            if queue in self.readers:
+                self.readers.remove(queue)
+
+    def _backlog(self, after: int) -> bytes:
+        """Events after ``after``: whole batches, and the tail of the batch that ``after`` falls in."""
+        parts: list[bytes] = []
+        for first, data in zip(self.first_sequences, self.batches, strict=True):
+            if first > after:
+                parts.append(data)
+                continue
+            events = data.split(b"\n\n")[:-1]
+            parts.extend(event + b"\n\n" for offset, event in enumerate(events) if first + offset > after)
+        return b"".join(parts)
+
+
+def _log_death(greenlet: gevent.Greenlet[[], None]) -> None:
+    log.error("stream pump died", exc_info=greenlet.exc_info)  # type: ignore[arg-type]
+
+
+class StreamRegistry:
+    """Streams of this worker by id: running ones, and finished ones kept ``retention`` s for replay."""
+
+    def __init__(self, retention: float = 120.0) -> None:
+        self.retention = retention
+        self.streams: dict[str, LiveStream] = {}
+        self._purged_at = 0.0
+
+    def add(self, live: LiveStream) -> None:
+        self._purge()
+        self.streams[live.stream_id] = live
+
+    def get(self, stream_id: str, user_id: str) -> LiveStream | None:
+        """The stream if it exists and belongs to ``user_id``; None otherwise (never leak existence)."""
+        live = self.streams.get(stream_id)
+        return live if live is not None and live.user_id == user_id else None
+
+    def running(self) -> list[LiveStream]:
+        return [live for live in self.streams.values() if not live.done]
+
+    def _purge(self) -> None:
+        now = time.monotonic()
+        if now - self._purged_at < 1.0:
+            return
+        self._purged_at = now
+        expired = [key for key, live in self.streams.items() if live.done and now - live.finished_at > self.retention]
+        for key in expired:
+            del self.streams[key]

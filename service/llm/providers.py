@@ -1,0 +1,45 @@
+"""Builds the one ``openai`` client a worker uses, from settings.
+
+Azure when ``AZURE_OPENAI_ENDPOINT`` is set, else OpenAI or any compatible base URL (the local model
+included). The client owns a connection pool sized for a gevent worker holding thousands of streams: the
+SDK's default of 1,000 connections would queue streams beyond it.
+"""
+
+from __future__ import annotations
+
+import httpx2
+import openai
+
+from service.config import Settings
+
+MAX_UPSTREAM_CONNECTIONS = 10_000
+
+
+def build_http_client(settings: Settings) -> httpx2.Client:
+    return httpx2.Client(
+        limits=httpx2.Limits(max_connections=MAX_UPSTREAM_CONNECTIONS, max_keepalive_connections=1_000),
+        timeout=httpx2.Timeout(timeout=settings.stream_max_seconds, connect=settings.upstream_connect_timeout),
+    )
+
+
+def build_client(settings: Settings) -> openai.OpenAI:
+    """The SDK retries connection errors, 429 and 5xx itself: ``upstream_attempts`` in all.
+
+    On Azure the request's model is the deployment name, so a request may pick any of ``CHAT_MODELS``.
+    """
+    retries = settings.upstream_attempts - 1
+    http_client = build_http_client(settings)
+    if settings.provider == "azure":
+        return openai.AzureOpenAI(
+            azure_endpoint=settings.azure_endpoint or "",
+            api_key=settings.azure_api_key,
+            api_version=settings.openai_api_version,
+            max_retries=retries,
+            http_client=http_client,
+        )
+    return openai.OpenAI(
+        api_key=settings.openai_api_key or "local",
+        base_url=settings.openai_base_url,
+        max_retries=retries,
+        http_client=http_client,
+    )

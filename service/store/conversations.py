@@ -1,0 +1,176 @@
+"""The only module that runs SQL for conversations. Ownership is part of every query."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
+
+from service.store.database import Database
+from service.store.models import Conversation, Message, utcnow
+
+TITLE_CHARS = 80
+
+
+@dataclass(frozen=True)
+class ExchangeRecord:
+    """A user message and the assistant's reply to it, saved together."""
+
+    conversation_id: str
+    user_id: str
+    user_message: str
+    reply: str
+    reply_id: str
+    status: str
+    model: str
+    finish_reason: str | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z") if moment.tzinfo else moment.isoformat() + "Z"
+
+
+def _message_dict(message: Message) -> dict[str, Any]:
+    usage = None
+    if message.prompt_tokens is not None or message.completion_tokens is not None:
+        prompt, completion = message.prompt_tokens or 0, message.completion_tokens or 0
+        usage = {"promptTokens": prompt, "completionTokens": completion, "totalTokens": prompt + completion}
+    return {
+        "id": message.id,
+        "role": message.role,
+        "content": message.content,
+        "status": message.status,
+        "model": message.model,
+        "finishReason": message.finish_reason,
+        "usage": usage,
+        "createdAt": _iso(message.created_at),
+    }
+
+
+def _conversation_dict(conversation: Conversation) -> dict[str, Any]:
+    return {
+        "id": conversation.id,
+        "title": conversation.title,
+        "createdAt": _iso(conversation.created_at),
+        "updatedAt": _iso(conversation.updated_at),
+    }
+
+
+class ConversationStore:
+    def __init__(self, database: Database) -> None:
+        self.database = database
+
+    def exists_for(self, conversation_id: str, user_id: str) -> bool:
+        return self.database.transaction(lambda s: _owned(s, conversation_id, user_id) is not None)
+
+    def history(self, conversation_id: str, user_id: str, limit: int) -> list[tuple[str, str]] | None:
+        """The last ``limit`` (role, content) pairs oldest first, or None when not the user's."""
+
+        def work(session: Session) -> list[tuple[str, str]] | None:
+            if _owned(session, conversation_id, user_id) is None:
+                return None
+            if limit == 0:
+                return []
+            rows = session.execute(
+                select(Message.role, Message.content)
+                .where(Message.conversation_id == conversation_id)
+                .order_by(Message.position.desc())
+                .limit(limit)
+            ).all()
+            return [(role, content) for role, content in reversed(rows)]
+
+        return self.database.transaction(work)
+
+    def save_exchange(self, record: ExchangeRecord) -> None:
+        """Both messages in one transaction; creates the conversation on its first exchange."""
+
+        def work(session: Session) -> None:
+            conversation = session.get(Conversation, record.conversation_id)
+            now = utcnow()
+            if conversation is None:
+                title = " ".join(record.user_message.split())[:TITLE_CHARS] or "New conversation"
+                conversation = Conversation(
+                    id=record.conversation_id, user_id=record.user_id, title=title, created_at=now
+                )
+                session.add(conversation)
+                session.flush()
+            conversation.updated_at = now
+            position = session.execute(
+                select(func.coalesce(func.max(Message.position), -1)).where(
+                    Message.conversation_id == record.conversation_id
+                )
+            ).scalar_one()
+            session.add(
+                Message(
+                    id=str(uuid.uuid4()),
+                    conversation_id=record.conversation_id,
+                    position=position + 1,
+                    role="user",
+                    content=record.user_message,
+                    status="complete",
+                    created_at=now,
+                )
+            )
+            session.add(
+                Message(
+                    id=record.reply_id,
+                    conversation_id=record.conversation_id,
+                    position=position + 2,
+                    role="assistant",
+                    content=record.reply,
+                    status=record.status,
+                    model=record.model,
+                    finish_reason=record.finish_reason,
+                    prompt_tokens=record.prompt_tokens,
+                    completion_tokens=record.completion_tokens,
+                    created_at=now,
+                )
+            )
+
+        self.database.transaction(work)
+
+    def list_for(self, user_id: str, limit: int, offset: int) -> list[dict[str, Any]]:
+        def work(session: Session) -> list[dict[str, Any]]:
+            rows = session.scalars(
+                select(Conversation)
+                .where(Conversation.user_id == user_id)
+                .order_by(Conversation.updated_at.desc(), Conversation.id)
+                .limit(limit)
+                .offset(offset)
+            ).all()
+            return [_conversation_dict(row) for row in rows]
+
+        return self.database.transaction(work)
+
+    def read(self, conversation_id: str, user_id: str) -> dict[str, Any] | None:
+        def work(session: Session) -> dict[str, Any] | None:
+            conversation = _owned(session, conversation_id, user_id)
+            if conversation is None:
+                return None
+            body = _conversation_dict(conversation)
+            body["messages"] = [_message_dict(message) for message in conversation.messages]
+            return body
+
+        return self.database.transaction(work)
+
+    def delete(self, conversation_id: str, user_id: str) -> bool:
+        def work(session: Session) -> bool:
+            if _owned(session, conversation_id, user_id) is None:
+                return False
+            session.execute(delete(Message).where(Message.conversation_id == conversation_id))
+            session.execute(delete(Conversation).where(Conversation.id == conversation_id))
+            return True
+
+        return self.database.transaction(work)
+
+
+def _owned(session: Session, conversation_id: str, user_id: str) -> Conversation | None:
+    return session.scalars(
+        select(Conversation).where(Conversation.id == conversation_id, Conversation.user_id == user_id)
+    ).one_or_none()

@@ -1,0 +1,86 @@
+"""The engine, and the rule that no database call stalls the gevent hub.
+
+psycopg 3 waits cooperatively once gevent has patched the process, so PostgreSQL calls run inline. SQLite's
+C library blocks the whole worker, so its calls run in gevent's native thread pool. SQLite uses ``NullPool``
+(a connection per unit of work is cheap) so no pool lock is shared between native threads, and WAL mode so
+readers never wait for the writer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
+
+from service.store.models import Base
+
+T = TypeVar("T")
+
+
+def _gevent_patched() -> bool:
+    try:
+        from gevent import monkey
+    except ImportError:  # pragma: no cover - gevent is a runtime dependency
+        return False
+    return bool(monkey.is_module_patched("socket"))
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+class Database:
+    """Owns the engine and runs units of work where they cannot block other streams."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        if self.is_sqlite:
+            path = url.split("///", 1)[-1]
+            if path and path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            self.engine: Engine = create_engine(
+                url, poolclass=NullPool, connect_args={"check_same_thread": False}
+            )
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        else:
+            self.engine = create_engine(url, pool_size=10, max_overflow=40, pool_pre_ping=True)
+        self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._offload = self.is_sqlite and _gevent_patched()
+
+    def create_tables(self) -> None:
+        self.run(lambda: Base.metadata.create_all(self.engine))
+
+    def run(self, work: Callable[[], T]) -> T:
+        """Run ``work`` (blocking DB code) without stalling the hub."""
+        if self._offload:
+            import gevent
+
+            return gevent.get_hub().threadpool.apply(work)  # type: ignore[no-any-return]
+        return work()
+
+    def transaction(self, work: Callable[[Session], T]) -> T:
+        """Run ``work`` in one session and one transaction, committed on success."""
+
+        def unit() -> T:
+            with self.sessions.begin() as session:
+                return work(session)
+
+        return self.run(unit)
+
+    def ping(self) -> None:
+        from sqlalchemy import text
+
+        self.transaction(lambda session: session.execute(text("SELECT 1")))
+
+    def dispose(self) -> None:
+        self.engine.dispose()

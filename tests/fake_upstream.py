@@ -1,0 +1,224 @@
+"""A real OpenAI-compatible streaming server for tests, on port 0, scripted per request.
+
+The last user message may carry directives, e.g. ``"hi #tokens=5 #delay=0.5 #fail_after=2"``:
+``#tokens=N`` reply length; ``#delay=S`` seconds between chunks; ``#first_delay=S`` before the first;
+``#status=CODE`` or ``#status=CODExK`` (fail the first K attempts only); ``#fail_after=N`` drop the connection
+after N tokens; ``#error_after=N`` send an ``error`` object after N tokens; ``#silence=S`` go quiet after the
+first token; ``#azure`` add filter-only and empty-choices chunks; ``#no_usage``; ``#filter_after=N`` finish
+with ``content_filter``; ``#length`` finish with ``length``. It records every request and when each
+connection closed, as the upstream saw it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import select
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+WORDS = (
+    "Baby sleep patterns change a lot in the first year . Newborns sleep sixteen hours a day in short "
+    "stretches , and longer nights come with time ."
+).split()
+_DIRECTIVE = re.compile(r"#(\w+)(?:=([\w.]+))?")
+
+
+@dataclass
+class Connection:
+    message: str
+    opened_at: float
+    closed_at: float | None = None
+    completed: bool = False
+    tokens_sent: int = 0
+
+
+@dataclass
+class Recorder:
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    connections: list[Connection] = field(default_factory=list)
+    attempts: dict[str, int] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def open_connections(self) -> int:
+        with self.lock:
+            return sum(1 for item in self.connections if item.closed_at is None)
+
+
+def directives(message: str) -> dict[str, str]:
+    return {name: value or "1" for name, value in _DIRECTIVE.findall(message)}
+
+
+def _chunk(content: str | None = None, finish: str | None = None, role: bool = False) -> dict[str, Any]:
+    delta: dict[str, Any] = {}
+    if role:
+        delta["role"] = "assistant"
+    if content is not None:
+        delta["content"] = content
+    return {
+        "id": "chatcmpl-test",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "test-model",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        pass
+
+    def do_GET(self) -> None:  # noqa: N802
+        if self.path.rstrip("/").endswith("health"):
+            self._json(200, {"status": "ok"})
+        else:
+            self._json(404, {"error": {"message": "not found"}})
+
+    def do_POST(self) -> None:  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))) or b"{}")
+        recorder = self.server.recorder
+        messages = body.get("messages", [])
+        message = messages[-1]["content"] if messages else ""
+        script = directives(message)
+        with recorder.lock:
+            recorder.requests.append({"path": self.path, "body": body, "headers": dict(self.headers)})
+            attempt = recorder.attempts.get(message, 0) + 1
+            recorder.attempts[message] = attempt
+        if "moderations" in self.path:
+            flagged = "#flag" in str(body.get("input"))
+            self._json(200, {"id": "m", "model": "mod", "results": [{"flagged": flagged, "categories": {}, "category_scores": {}}]})
+            return
+        if "status" in script:
+            code, _, times = script["status"].partition("x")
+            if not times or attempt <= int(times):
+                self._json(int(code), {"error": {"message": "scripted failure", "type": "server_error", "code": None}})
+                return
+        if not body.get("stream"):
+            self._json(400, {"error": {"message": "this fake only streams"}})
+            return
+        self._stream(script, message)
+
+    def _json(self, status: int, payload: dict[str, Any]) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _wait(self, seconds: float) -> bool:
+        """Sleep, but notice at once if the client hangs up; False if it did."""
+        deadline = time.monotonic() + seconds
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return True
+            readable, _, _ = select.select([self.connection], [], [], left)
+            if readable:
+                try:
+                    if self.connection.recv(1, socket.MSG_PEEK) == b"":
+                        return False
+                except OSError:
+                    return False
+                time.sleep(min(left, 0.01))
+
+    def _send(self, payload: Any) -> None:
+        data = b"data: " + (payload if isinstance(payload, bytes) else json.dumps(payload).encode()) + b"\n\n"
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+        self.wfile.flush()
+
+    def _stream(self, script: dict[str, str], message: str) -> None:
+        recorder = self.server.recorder
+        connection = Connection(message, time.monotonic())
+        with recorder.lock:
+            recorder.connections.append(connection)
+        count = int(script.get("tokens", len(WORDS)))
+        delay = float(script.get("delay", 0))
+        tokens = [(word if index == 0 else " " + word) for index, word in enumerate(WORDS * (count // len(WORDS) + 1))][:count]
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        try:
+            if "azure" in script:
+                self._send({"id": "", "object": "", "created": 0, "model": "", "choices": [], "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": {}}]})
+            self._send(_chunk(role=True, content=""))
+            if not self._wait(float(script.get("first_delay", 0))):
+                return
+            for index, token in enumerate(tokens):
+                if index and delay and not self._wait(delay):
+                    return
+                if "fail_after" in script and index == int(script["fail_after"]):
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                if "error_after" in script and index == int(script["error_after"]):
+                    self._send({"error": {"message": "scripted mid-stream error", "type": "server_error"}})
+                    break
+                if "filter_after" in script and index == int(script["filter_after"]):
+                    self._send(_chunk(finish="content_filter"))
+                    break
+                self._send(_chunk(content=token))
+                connection.tokens_sent += 1
+                if "azure" in script:
+                    self._send({**_chunk(), "choices": [{"index": 0, "delta": {}, "content_filter_results": {"hate": {"filtered": False}}}]})
+                if index == 0 and "silence" in script and not self._wait(float(script["silence"])):
+                    return
+            else:
+                self._send(_chunk(finish="length" if "length" in script else "stop"))
+            if "no_usage" not in script:
+                self._send({**_chunk(), "choices": [], "usage": {"prompt_tokens": 12, "completion_tokens": connection.tokens_sent, "total_tokens": 12 + connection.tokens_sent}})
+            self._send(b"[DONE]")
+            self.wfile.write(b"0\r\n\r\n")
+            self.wfile.flush()
+            connection.completed = True
+            self._wait(0.05)
+        except OSError:
+            pass
+        finally:
+            connection.closed_at = time.monotonic()
+            self.close_connection = True
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 1024
+    recorder: Recorder
+
+
+class FakeUpstream:
+    """Start with ``start()``; ``base_url`` ends in ``/v1`` as the SDK expects."""
+
+    def __init__(self) -> None:
+        self.server = _Server(("127.0.0.1", 0), _Handler)
+        self.server.recorder = Recorder()
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def recorder(self) -> Recorder:
+        return self.server.recorder
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def start(self) -> FakeUpstream:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def connection_for(self, marker: str) -> Connection:
+        with self.recorder.lock:
+            found = [item for item in self.recorder.connections if marker in item.message]
+        if not found:
+            raise AssertionError(f"the upstream saw no connection for {marker!r}")
+        return found[-1]

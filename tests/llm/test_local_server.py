@@ -1,0 +1,291 @@
+"""The local backend against the real llama-server and the real packaged model.
+
+No mocks: these start llama.cpp's server with SmolLM2-135M (about a second each
+time). ``SKIP_LOCAL_MODEL=1`` skips them; otherwise a missing install fails, with
+the install hint, rather than silently skipping.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+from openai.types import CompletionUsage
+
+from service.llm.local_server import (
+    INSTALL_HINT,
+    LocalModelOptions,
+    LocalModelServer,
+    LocalModelUnavailable,
+    find_default_model,
+    find_server_binary,
+)
+
+pytestmark = pytest.mark.local_model
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PROMPT = "Tell me about baby sleep patterns"
+COMMON_WORDS = {"the", "a", "and", "to", "of", "is", "in", "your", "baby", "sleep"}
+
+
+def _skip_if_asked() -> None:
+    if os.environ.get("SKIP_LOCAL_MODEL") == "1":
+        pytest.skip("SKIP_LOCAL_MODEL=1")
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[LocalModelServer]:
+    _skip_if_asked()
+    srv = LocalModelServer(LocalModelOptions())
+    try:
+        srv.start()
+    except LocalModelUnavailable as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+def _alive(pid: int) -> bool:
+    """Running, per /proc; a zombie (dead, not yet reaped) counts as gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def _wait_gone(pid: int, timeout: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _servers_on_port(port: int) -> list[int]:
+    """Pids of any live llama-server started with ``--port port``."""
+    wanted = [b"--port", str(port).encode()]
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        pairs = [argv[i : i + 2] for i in range(len(argv) - 1)]
+        if (
+            argv[0].endswith(b"llama-server")
+            and wanted in pairs
+            and _alive(int(entry.name))
+        ):
+            found.append(int(entry.name))
+    return found
+
+
+def _stream(
+    srv: LocalModelServer, max_tokens: int = 64
+) -> tuple[list[str], CompletionUsage | None]:
+    client = openai.OpenAI(base_url=srv.base_url, api_key="local", timeout=60)
+    stream = client.chat.completions.create(
+        model=srv.options.model_name,
+        messages=[{"role": "user", "content": PROMPT}],
+        stream=True,
+        stream_options={"include_usage": True},
+        max_tokens=max_tokens,
+        temperature=0,
+    )
+    pieces: list[str] = []
+    usage = None
+    for chunk in stream:
+        if chunk.usage is not None:
+            usage = chunk.usage
+        for choice in chunk.choices:
+            if choice.delta.content:
+                pieces.append(choice.delta.content)
+    return pieces, usage
+
+
+def test_binary_and_model_are_installed() -> None:
+    _skip_if_asked()
+    try:
+        binary = find_server_binary()
+        model = find_default_model()
+    except LocalModelUnavailable as exc:
+        pytest.fail(str(exc), pytrace=False)
+    assert binary.name == "llama-server"
+    assert model.suffix == ".gguf"
+    assert model.stat().st_size > 50_000_000
+
+
+def test_from_env_reads_and_rejects() -> None:
+    opts = LocalModelOptions.from_env(
+        {"LOCAL_MODEL_THREADS": "2", "LOCAL_MODEL_SLOTS": "2", "LOCAL_MODEL_PORT": "9"}
+    )
+    assert (opts.threads, opts.slots, opts.port, opts.context) == (2, 2, 9, 8192)
+    assert LocalModelOptions.from_env({}) == LocalModelOptions()
+    for name, value in [
+        ("LOCAL_MODEL_THREADS", "two"),
+        ("LOCAL_MODEL_SLOTS", "0"),
+        ("LOCAL_MODEL_CONTEXT", "100"),
+        ("LOCAL_MODEL_PORT", "70000"),
+        ("LOCAL_MODEL_PATH", "/nonexistent/model.gguf"),
+    ]:
+        with pytest.raises(ValueError, match=name):
+            LocalModelOptions.from_env({name: value})
+    assert "--no-deps" in INSTALL_HINT
+
+
+def test_starts_and_reports_healthy(server: LocalModelServer) -> None:
+    assert server.is_healthy()
+    assert server.base_url == f"http://127.0.0.1:{server.port}/v1"
+    with urllib.request.urlopen(f"{server.base_url}/models", timeout=5) as resp:
+        models = json.load(resp)
+    assert server.options.model_name in [m["id"] for m in models["data"]]
+
+
+def test_streams_english_with_usage(server: LocalModelServer) -> None:
+    pieces, usage = _stream(server)
+    text = "".join(pieces)
+    assert len(pieces) >= 20, text
+    letters = [c for c in text if not c.isspace()]
+    assert sum(c.isascii() for c in letters) / len(letters) > 0.95, text
+    words = {w.strip(".,:;!?*\"'()").lower() for w in text.split()}
+    assert len(words & COMMON_WORDS) >= 2, text
+    assert usage is not None, "no usage chunk despite include_usage"
+    assert usage.completion_tokens >= 20
+    assert usage.prompt_tokens > 0
+
+
+def test_four_concurrent_streams(server: LocalModelServer) -> None:
+    results: list[int] = []
+
+    def run() -> None:
+        pieces, _ = _stream(server, max_tokens=24)
+        results.append(len(pieces))
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert len(results) == 4 and min(results) >= 10, results
+
+
+def test_restarts_after_sigkill(server: LocalModelServer) -> None:
+    old_pid = server.pid
+    assert old_pid is not None
+    base_url = server.base_url
+    assert server.ensure_running() is False  # alive: nothing to do
+
+    os.kill(old_pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while server.is_healthy() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+    assert server.ensure_running() is True
+    assert server.pid not in (None, old_pid)
+    assert server.is_healthy()
+    assert server.base_url == base_url  # the port survives restarts
+    pieces, usage = _stream(server, max_tokens=16)
+    assert pieces and usage is not None
+
+
+def test_supervisor_restarts_in_background(server: LocalModelServer) -> None:
+    thread = server.supervise(interval=0.2)
+    assert thread.daemon and thread.is_alive()
+    old_pid = server.pid
+    assert old_pid is not None
+    restarts = server.restarts
+    os.kill(old_pid, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if server.restarts > restarts and server.is_healthy():
+            break
+        time.sleep(0.1)
+    assert server.restarts == restarts + 1
+    assert server.pid not in (None, old_pid)
+
+
+def test_stop_leaves_no_process() -> None:
+    _skip_if_asked()
+    srv = LocalModelServer(LocalModelOptions(slots=1, context=1024))
+    srv.start()
+    srv.supervise(interval=0.2)
+    pid = srv.pid
+    assert pid is not None and _alive(pid)
+    assert _servers_on_port(srv.port) == [pid]
+    log_path = srv.log_path
+
+    srv.stop()
+    assert not _alive(pid)
+    assert _servers_on_port(srv.port) == []
+    assert not srv.is_healthy()
+    assert not log_path.exists()
+    srv.stop()  # idempotent
+    assert srv.ensure_running() is False  # stopped means stopped
+    time.sleep(0.5)  # the supervisor would have restarted it by now
+    assert _servers_on_port(srv.port) == []
+
+
+CHILD_SCRIPT = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from service.llm.local_server import LocalModelOptions, LocalModelServer
+
+    options = LocalModelOptions(slots=1, context=1024)
+    srv = LocalModelServer(options, log_path=Path(sys.argv[1]))
+    srv.start()
+    srv.supervise()
+    print(srv.pid, srv.port, flush=True)
+    time.sleep(600)
+    """
+)
+
+
+def test_child_dies_with_a_hard_killed_parent(tmp_path: Path) -> None:
+    """PR_SET_PDEATHSIG: SIGKILL of the parent takes llama-server down too."""
+    _skip_if_asked()
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    parent = subprocess.Popen(
+        [sys.executable, "-c", CHILD_SCRIPT, str(tmp_path / "llama-server.log")],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    child_pid = None
+    try:
+        assert parent.stdout is not None
+        line = parent.stdout.readline()
+        assert line, f"parent exited with {parent.wait()} before starting the server"
+        child_pid, port = (int(x) for x in line.split())
+        assert _alive(child_pid)
+        assert _servers_on_port(port) == [child_pid]
+
+        parent.kill()  # SIGKILL: no atexit, no stop(), no chance to clean up
+        parent.wait(10)
+
+        assert _wait_gone(child_pid), "llama-server outlived its parent"
+        assert _servers_on_port(port) == []
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+        if child_pid is not None and _alive(child_pid):
+            os.kill(child_pid, signal.SIGKILL)
