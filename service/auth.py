@@ -5,8 +5,6 @@ With neither key set, auth is off: every request is the one local user, and ``cr
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import jwt
 
 from service.config import Settings
@@ -32,11 +30,11 @@ class Authenticator:
     def enabled(self) -> bool:
         return self.key is not None
 
-    def user_for(self, headers: Mapping[str, str]) -> str:
-        """The user id the request's bearer token proves, or raise ``Unauthorized``."""
+    def user_for(self, authorization: str | None) -> str:
+        """The user id that the ``Authorization`` header's bearer token proves, or raise ``Unauthorized``."""
         if self.key is None:
             return LOCAL_USER
-        scheme, _, token = headers.get("Authorization", "").partition(" ")
+        scheme, _, token = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise Unauthorized("A bearer token is required.")
         try:

@@ -12,9 +12,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-DEFAULT_SYSTEM_PROMPT = (
-    "You are a helpful, concise assistant. Answer clearly and say so when you are not sure."
-)
+DEFAULT_SYSTEM_PROMPT = "You are a helpful, concise assistant. Answer clearly and say so when you are not sure."
 LOCAL_MODEL_NAME = "smollm2-135m-instruct"
 _RATE = re.compile(r"^\s*(\d+)\s*(?:/|\s+per\s+)\s*(\d+\s+)?(second|minute|hour|day)s?\s*$")
 

@@ -35,6 +35,7 @@ class Connection:
     closed_at: float | None = None
     completed: bool = False
     tokens_sent: int = 0
+    sent_at: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -93,7 +94,10 @@ class _Handler(BaseHTTPRequestHandler):
             recorder.attempts[message] = attempt
         if "moderations" in self.path:
             flagged = "#flag" in str(body.get("input"))
-            self._json(200, {"id": "m", "model": "mod", "results": [{"flagged": flagged, "categories": {}, "category_scores": {}}]})
+            self._json(
+                200,
+                {"id": "m", "model": "mod", "results": [{"flagged": flagged, "categories": {}, "category_scores": {}}]},
+            )
             return
         if "status" in script:
             code, _, times = script["status"].partition("x")
@@ -141,14 +145,25 @@ class _Handler(BaseHTTPRequestHandler):
             recorder.connections.append(connection)
         count = int(script.get("tokens", len(WORDS)))
         delay = float(script.get("delay", 0))
-        tokens = [(word if index == 0 else " " + word) for index, word in enumerate(WORDS * (count // len(WORDS) + 1))][:count]
+        tokens = [(word if index == 0 else " " + word) for index, word in enumerate(WORDS * (count // len(WORDS) + 1))][
+            :count
+        ]
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
         try:
             if "azure" in script:
-                self._send({"id": "", "object": "", "created": 0, "model": "", "choices": [], "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": {}}]})
+                self._send(
+                    {
+                        "id": "",
+                        "object": "",
+                        "created": 0,
+                        "model": "",
+                        "choices": [],
+                        "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": {}}],
+                    }
+                )
             self._send(_chunk(role=True, content=""))
             if not self._wait(float(script.get("first_delay", 0))):
                 return
@@ -166,14 +181,32 @@ class _Handler(BaseHTTPRequestHandler):
                     break
                 self._send(_chunk(content=token))
                 connection.tokens_sent += 1
+                connection.sent_at.append(time.monotonic())
                 if "azure" in script:
-                    self._send({**_chunk(), "choices": [{"index": 0, "delta": {}, "content_filter_results": {"hate": {"filtered": False}}}]})
+                    self._send(
+                        {
+                            **_chunk(),
+                            "choices": [
+                                {"index": 0, "delta": {}, "content_filter_results": {"hate": {"filtered": False}}}
+                            ],
+                        }
+                    )
                 if index == 0 and "silence" in script and not self._wait(float(script["silence"])):
                     return
             else:
                 self._send(_chunk(finish="length" if "length" in script else "stop"))
             if "no_usage" not in script:
-                self._send({**_chunk(), "choices": [], "usage": {"prompt_tokens": 12, "completion_tokens": connection.tokens_sent, "total_tokens": 12 + connection.tokens_sent}})
+                self._send(
+                    {
+                        **_chunk(),
+                        "choices": [],
+                        "usage": {
+                            "prompt_tokens": 12,
+                            "completion_tokens": connection.tokens_sent,
+                            "total_tokens": 12 + connection.tokens_sent,
+                        },
+                    }
+                )
             self._send(b"[DONE]")
             self.wfile.write(b"0\r\n\r\n")
             self.wfile.flush()

@@ -26,7 +26,9 @@ def _chat_request(found: Services, user_id: str) -> ChatRequest:
     body = load(_schema, json_body(found.settings.max_body_bytes))
     model = body["model"]
     if model is not None and model not in found.settings.allowed_models:
-        raise InvalidRequest("That model is not available.", {"model": [f"must be one of {list(found.settings.allowed_models)}"]})
+        raise InvalidRequest(
+            "That model is not available.", {"model": [f"must be one of {list(found.settings.allowed_models)}"]}
+        )
     conversation = body["conversationId"]
     return ChatRequest(user_id, body["message"], str(conversation) if conversation else None, model)
 
@@ -41,7 +43,7 @@ def _streaming_response(live: LiveStream, after: int) -> Response:
 def chat_stream() -> Response:
     """Stream a reply as Server-Sent Events (WIRE.md)."""
     found = services()
-    user_id = found.auth.user_for(request.headers)
+    user_id = found.auth.user_for(request.headers.get("Authorization"))
     chat = found.chat.open_stream(_chat_request(found, user_id))
     live = LiveStream(chat)
     found.streams.add(live)
@@ -66,13 +68,15 @@ def chat_stream() -> Response:
 def resume_stream(stream_id: str) -> Response:
     """Replay the events after ``Last-Event-ID`` and follow the stream live."""
     found = services()
-    user_id = found.auth.user_for(request.headers)
+    user_id = found.auth.user_for(request.headers.get("Authorization"))
     after = -1
     last_event_id = request.headers.get("Last-Event-ID", "").strip()
     if last_event_id:
         match = _LAST_EVENT_ID.match(last_event_id)
         if match is None or match["stream"] != stream_id:
-            raise InvalidRequest("Last-Event-ID must be '<streamId>:<n>' of this stream.", {"Last-Event-ID": ["malformed"]})
+            raise InvalidRequest(
+                "Last-Event-ID must be '<streamId>:<n>' of this stream.", {"Last-Event-ID": ["malformed"]}
+            )
         after = int(match["sequence"])
     live = found.streams.get(stream_id, user_id)
     if live is None:
@@ -84,7 +88,7 @@ def resume_stream(stream_id: str) -> Response:
 def cancel_stream(stream_id: str) -> tuple[str, int]:
     """Stop the generation and the upstream request; readers get a ``cancelled`` event."""
     found = services()
-    user_id = found.auth.user_for(request.headers)
+    user_id = found.auth.user_for(request.headers.get("Authorization"))
     live = found.streams.get(stream_id, user_id)
     if live is None:
         raise NotFound("No such stream.")
@@ -97,6 +101,6 @@ def cancel_stream(stream_id: str) -> tuple[str, int]:
 def chat() -> dict[str, Any]:
     """The non-streaming fallback: the whole reply as one JSON body."""
     found = services()
-    user_id = found.auth.user_for(request.headers)
+    user_id = found.auth.user_for(request.headers.get("Authorization"))
     stream = found.chat.open_stream(_chat_request(found, user_id))
     return found.chat.chat(stream)

@@ -45,8 +45,9 @@ def register_error_handlers(app: Flask) -> None:
         mapped = _HTTP_ERRORS.get(error.code or 500)
         if mapped is None:
             generic = ServiceError(error.description or "Request failed.")
-            response = jsonify({"error": {"code": (error.name or "error").lower().replace(" ", "_"),
-                                          "message": generic.message}})
+            response = jsonify(
+                {"error": {"code": (error.name or "error").lower().replace(" ", "_"), "message": generic.message}}
+            )
             response.status_code = error.code or 500
             return response
         return error_response(mapped())

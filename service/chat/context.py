@@ -5,9 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 
-def build_messages(
-    system_prompt: str, history: Sequence[tuple[str, str]], message: str
-) -> list[dict[str, str]]:
+def build_messages(system_prompt: str, history: Sequence[tuple[str, str]], message: str) -> list[dict[str, str]]:
     """``history`` is already trimmed to ``HISTORY_MESSAGES`` by the store; empty replies are dropped
     (a stream cancelled before its first token leaves one) because some servers reject empty content."""
     messages = [{"role": "system", "content": system_prompt}] if system_prompt else []

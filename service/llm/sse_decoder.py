@@ -10,7 +10,7 @@ from __future__ import annotations
 
 
 class SSEDataDecoder:
-    __slots__ = ("_pending", "_data")
+    __slots__ = ("_data", "_pending")
 
     def __init__(self) -> None:
         self._pending = b""

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import httpx2
 import openai
 import orjson
+from openai.types.chat import ChatCompletionMessageParam
 
 from service.errors import ContentFiltered, ServiceError, UpstreamFailed
 from service.llm.errors import map_error_payload, map_open_error
@@ -117,7 +118,7 @@ class StreamingService:
             extra["max_tokens"] = request.max_tokens
         manager = self.client.chat.completions.with_streaming_response.create(
             model=request.model,
-            messages=request.messages,  # type: ignore[arg-type]
+            messages=cast("list[ChatCompletionMessageParam]", request.messages),
             stream=True,
             stream_options={"include_usage": True},
             **extra,

@@ -48,9 +48,7 @@ class Database:
             path = url.split("///", 1)[-1]
             if path and path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
-            self.engine: Engine = create_engine(
-                url, poolclass=NullPool, connect_args={"check_same_thread": False}
-            )
+            self.engine: Engine = create_engine(url, poolclass=NullPool, connect_args={"check_same_thread": False})
             event.listen(self.engine, "connect", _sqlite_pragmas)
         else:
             self.engine = create_engine(url, pool_size=10, max_overflow=40, pool_pre_ping=True)

@@ -88,18 +88,12 @@ def _servers_on_port(port: int) -> list[int]:
         except OSError:
             continue
         pairs = [argv[i : i + 2] for i in range(len(argv) - 1)]
-        if (
-            argv[0].endswith(b"llama-server")
-            and wanted in pairs
-            and _alive(int(entry.name))
-        ):
+        if argv[0].endswith(b"llama-server") and wanted in pairs and _alive(int(entry.name)):
             found.append(int(entry.name))
     return found
 
 
-def _stream(
-    srv: LocalModelServer, max_tokens: int = 64
-) -> tuple[list[str], CompletionUsage | None]:
+def _stream(srv: LocalModelServer, max_tokens: int = 64) -> tuple[list[str], CompletionUsage | None]:
     client = openai.OpenAI(base_url=srv.base_url, api_key="local", timeout=60)
     stream = client.chat.completions.create(
         model=srv.options.model_name,
@@ -133,9 +127,7 @@ def test_binary_and_model_are_installed() -> None:
 
 
 def test_from_env_reads_and_rejects() -> None:
-    opts = LocalModelOptions.from_env(
-        {"LOCAL_MODEL_THREADS": "2", "LOCAL_MODEL_SLOTS": "2", "LOCAL_MODEL_PORT": "9"}
-    )
+    opts = LocalModelOptions.from_env({"LOCAL_MODEL_THREADS": "2", "LOCAL_MODEL_SLOTS": "2", "LOCAL_MODEL_PORT": "9"})
     assert (opts.threads, opts.slots, opts.port, opts.context) == (2, 2, 9, 8192)
     assert LocalModelOptions.from_env({}) == LocalModelOptions()
     for name, value in [

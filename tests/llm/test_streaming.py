@@ -1,0 +1,122 @@
+"""UpstreamStream against a real OpenAI-compatible server, through the real SDK (nothing patched)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from service.config import Settings
+from service.errors import ContentFiltered, UpstreamFailed, UpstreamUnavailable
+from service.llm.providers import build_client
+from service.llm.streaming import CompletionRequest, StreamingService, UpstreamStream
+from tests.fake_upstream import FakeUpstream
+
+
+def service_for(base_url: str, attempts: int = 3) -> StreamingService:
+    settings = Settings.from_env({"OPENAI_BASE_URL": base_url, "OPENAI_API_KEY": "k"})
+    return StreamingService(build_client(settings.with_overrides({"upstream_attempts": attempts})))
+
+
+def open_stream(upstream: FakeUpstream, message: str) -> UpstreamStream:
+    return service_for(upstream.base_url).open(CompletionRequest("test-model", [{"role": "user", "content": message}]))
+
+
+def test_tokens_in_order_with_usage_from_final_chunk(upstream: FakeUpstream) -> None:
+    stream = open_stream(upstream, "order #tokens=5")
+    text = [token for batch in stream.batches() for token in batch]
+    assert text == ["Baby", " sleep", " patterns", " change", " a"]
+    assert stream.finish_reason == "stop"
+    assert stream.usage == (12, 5)
+    body = upstream.recorder.requests[-1]["body"]
+    assert body["stream"] is True
+    assert body["stream_options"] == {"include_usage": True}
+
+
+def test_azure_filter_only_and_empty_choice_chunks_are_skipped(upstream: FakeUpstream) -> None:
+    stream = open_stream(upstream, "azure #tokens=4 #azure")
+    assert "".join(token for batch in stream.batches() for token in batch) == "Baby sleep patterns change"
+
+
+def test_missing_usage_leaves_usage_unset_and_counts_deltas(upstream: FakeUpstream) -> None:
+    stream = open_stream(upstream, "nousage #tokens=6 #no_usage")
+    assert sum(len(batch) for batch in stream.batches()) == 6
+    assert stream.usage is None
+    assert stream.deltas == 6
+
+
+def test_content_filter_finish_becomes_content_filtered_after_the_tokens_before_it(upstream: FakeUpstream) -> None:
+    stream = open_stream(upstream, "filter #tokens=6 #filter_after=3")
+    seen: list[str] = []
+    with pytest.raises(ContentFiltered):
+        for batch in stream.batches():
+            seen.extend(batch)
+    assert seen == ["Baby", " sleep", " patterns"]
+
+
+def test_error_object_mid_stream_is_upstream_failed(upstream: FakeUpstream) -> None:
+    stream = open_stream(upstream, "midstream #tokens=6 #error_after=2")
+    with pytest.raises(UpstreamFailed):
+        list(stream.batches())
+
+
+def test_dropped_connection_mid_stream_is_upstream_failed(upstream: FakeUpstream) -> None:
+    stream = open_stream(upstream, "dropped #tokens=6 #fail_after=2")
+    with pytest.raises(UpstreamFailed):
+        list(stream.batches())
+
+
+def test_5xx_is_retried_three_attempts_in_all_then_succeeds(upstream: FakeUpstream) -> None:
+    stream = open_stream(upstream, "flaky #tokens=2 #status=503x2")
+    assert [token for batch in stream.batches() for token in batch] == ["Baby", " sleep"]
+    assert upstream.recorder.attempts["flaky #tokens=2 #status=503x2"] == 3
+
+
+@pytest.mark.parametrize("status", ["500", "429", "503"])
+def test_persistent_failure_is_upstream_unavailable_after_three_attempts(upstream: FakeUpstream, status: str) -> None:
+    message = f"down #status={status}"
+    with pytest.raises(UpstreamUnavailable):
+        open_stream(upstream, message)
+    assert upstream.recorder.attempts[message] == 3
+
+
+def test_connection_refused_is_upstream_unavailable() -> None:
+    from tests.servers import free_port
+
+    started = time.monotonic()
+    with pytest.raises(UpstreamUnavailable):
+        service_for(f"http://127.0.0.1:{free_port()}/v1").open(
+            CompletionRequest("m", [{"role": "user", "content": "x"}])
+        )
+    assert time.monotonic() - started > 0.5, "expected backoff between the three attempts"
+
+
+def test_generator_exit_closes_the_upstream_connection(upstream: FakeUpstream) -> None:
+    stream = open_stream(upstream, "abandon #tokens=20 #delay=0.05")
+    batches = stream.batches()
+    next(batches)
+    batches.close()
+    deadline = time.monotonic() + 2
+    connection = upstream.connection_for("abandon")
+    while connection.closed_at is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert connection.closed_at is not None
+    assert not connection.completed
+
+
+def test_azure_routes_by_deployment_with_api_version_and_key(upstream: FakeUpstream) -> None:
+    endpoint = upstream.base_url.removesuffix("/v1")
+    settings = Settings.from_env(
+        {
+            "AZURE_OPENAI_ENDPOINT": endpoint,
+            "AZURE_OPENAI_API_KEY": "azure-key",
+            "OPENAI_API_VERSION": "2024-10-21",
+            "CHAT_MODEL": "my-deployment",
+        }
+    )
+    service = StreamingService(build_client(settings))
+    stream = service.open(CompletionRequest("my-deployment", [{"role": "user", "content": "azure route #tokens=2"}]))
+    assert [token for batch in stream.batches() for token in batch] == ["Baby", " sleep"]
+    request = upstream.recorder.requests[-1]
+    assert request["path"] == "/openai/deployments/my-deployment/chat/completions?api-version=2024-10-21"
+    assert request["headers"]["api-key"] == "azure-key"

@@ -1,0 +1,44 @@
+"""A tiny SSE reader for tests: events with the time each arrived."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+
+@dataclass
+class Received:
+    id: str | None
+    data: dict[str, Any]
+    at: float
+
+    @property
+    def type(self) -> str:
+        return str(self.data["type"])
+
+
+def read_events(response: httpx.Response) -> Iterator[Received]:
+    event_id: str | None = None
+    data: list[str] = []
+    for line in response.iter_lines():
+        if line.startswith("id:"):
+            event_id = line[3:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].strip())
+        elif line == "" and data:
+            yield Received(event_id, json.loads("\n".join(data)), time.monotonic())
+            event_id, data = None, []
+
+
+def stream(base_url: str, body: dict[str, Any], headers: dict[str, str] | None = None) -> list[Received]:
+    with (
+        httpx.Client(timeout=30) as client,
+        client.stream("POST", f"{base_url}/api/v1/ai/chat/stream", json=body, headers=headers or {}) as response,
+    ):
+        assert response.status_code == 200, response.read()
+        return list(read_events(response))
