@@ -14,9 +14,11 @@ from service.auth import Authenticator
 from service.chat.service import ChatService
 from service.config import Settings, default_database_url
 from service.extensions import KEY, Services
+from service.limits import TokenBudget, build_request_limiter, build_stream_slots
 from service.live import StreamRegistry
 from service.llm.providers import build_client
 from service.llm.streaming import StreamingService
+from service.metrics import Metrics, upstream_connections_in_use
 from service.store.conversations import ConversationStore
 from service.store.database import Database
 from service.watchdog import Timing
@@ -44,10 +46,30 @@ def create_app(overrides: Mapping[str, Any] | None = None, settings: Settings | 
         streams=StreamRegistry(),
         auth=auth,
         timing=Timing(settings.heartbeat_seconds, settings.stream_idle_timeout, settings.stream_max_seconds),
+        slots=build_stream_slots(settings),
+        budget=TokenBudget(settings),
+        metrics=Metrics(),
     )
+    _register_gauges(app.extensions[KEY])
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
     for blueprint in (chat.bp, conversations.bp, health.bp):
         app.register_blueprint(blueprint)
     register_error_handlers(app)
+    build_request_limiter(app, settings, auth)
     return app
+
+
+def _register_gauges(found: Services) -> None:
+    """What a leak would show: each must return to its idle value once streams end."""
+    metrics = found.metrics
+    metrics.add_process_gauges()
+    metrics.gauge("chat_streams_open", "Streams being generated now.", lambda: float(len(found.streams.running())))
+    metrics.gauge("chat_stream_slots_held", "Per-user open-stream slots held.", lambda: float(found.slots.open_count()))
+    metrics.gauge("chat_db_sessions_open", "Database sessions open now.", lambda: float(found.database.active_units))
+    client = found.chat.streaming.client._client
+    metrics.gauge(
+        "chat_upstream_connections_in_use",
+        "Upstream HTTP connections in use.",
+        lambda: upstream_connections_in_use(client),
+    )

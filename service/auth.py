@@ -6,6 +6,7 @@ With neither key set, auth is off: every request is the one local user, and ``cr
 from __future__ import annotations
 
 import jwt
+from flask import g, request
 
 from service.config import Settings
 from service.errors import Unauthorized
@@ -54,3 +55,12 @@ class Authenticator:
         if not isinstance(subject, str) or not subject:
             raise Unauthorized("The token names no user.")
         return subject
+
+
+def current_user(auth: Authenticator) -> str:
+    """The request's user id, checked once per request and kept on ``g`` (the limiter asks too)."""
+    user_id: str | None = g.get("user_id")
+    if user_id is None:
+        user_id = auth.user_for(request.headers.get("Authorization"))
+        g.user_id = user_id
+    return user_id

@@ -9,7 +9,9 @@ from flask import current_app
 from service.auth import Authenticator
 from service.chat.service import ChatService
 from service.config import Settings
+from service.limits import StreamSlots, TokenBudget
 from service.live import StreamRegistry
+from service.metrics import Metrics
 from service.store.conversations import ConversationStore
 from service.store.database import Database
 from service.watchdog import Timing
@@ -26,6 +28,9 @@ class Services:
     streams: StreamRegistry
     auth: Authenticator
     timing: Timing
+    slots: StreamSlots
+    budget: TokenBudget
+    metrics: Metrics
 
 
 def services() -> Services:

@@ -28,7 +28,7 @@ class Timing:
     max_seconds: float
 
 
-class _Tick(Exception):  # noqa: N818 - a signal, not an error
+class _Tick(Exception):
     """The wait for the client socket ended by timer, not by the socket."""
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from typing import Any
 
 import gevent
@@ -10,8 +11,9 @@ from flask import Blueprint, Response, request
 
 from service.api.request_body import json_body
 from service.api.sse import STREAM_HEADERS
-from service.chat.service import ChatRequest
-from service.errors import Cancelled, InvalidRequest, NotFound
+from service.auth import current_user
+from service.chat.service import ChatRequest, ChatStream
+from service.errors import Cancelled, InvalidRequest, NotFound, RateLimited
 from service.extensions import Services, services
 from service.live import LiveStream
 from service.schemas import ChatRequestSchema, load
@@ -33,6 +35,28 @@ def _chat_request(found: Services, user_id: str) -> ChatRequest:
     return ChatRequest(user_id, body["message"], str(conversation) if conversation else None, model)
 
 
+def _open(found: Services, user_id: str) -> ChatStream:
+    """Guards, then the service: budget and the open-stream cap are checked before any upstream call."""
+    request_ = _chat_request(found, user_id)
+    found.budget.check(user_id)
+    release = found.slots.acquire(user_id)
+    if release is None:
+        limit = found.settings.max_streams_per_user
+        raise RateLimited(f"You already have {limit} streams open; wait for one to finish.", retry_after=2)
+
+    def ended(chat: ChatStream) -> None:
+        release()
+        found.metrics.stream_ended(chat.outcome, chat.upstream.deltas, time.monotonic() - chat.started)
+
+    try:
+        chat = found.chat.open_stream(request_, meter=found.budget.meter(user_id), on_end=ended)
+    except BaseException:
+        release()
+        raise
+    found.metrics.streams_started.inc()
+    return chat
+
+
 def _streaming_response(live: LiveStream, after: int) -> Response:
     response = Response(live.read(after), headers=STREAM_HEADERS, direct_passthrough=True)
     response.headers["Content-Type"] = STREAM_HEADERS["Content-Type"]
@@ -43,9 +67,8 @@ def _streaming_response(live: LiveStream, after: int) -> Response:
 def chat_stream() -> Response:
     """Stream a reply as Server-Sent Events (WIRE.md)."""
     found = services()
-    user_id = found.auth.user_for(request.headers.get("Authorization"))
-    chat = found.chat.open_stream(_chat_request(found, user_id))
-    live = LiveStream(chat)
+    user_id = current_user(found.auth)
+    live = LiveStream(_open(found, user_id))
     found.streams.add(live)
     live.start()
     gevent.spawn(watch, live, found.timing, request.environ.get("gunicorn.socket"))
@@ -68,7 +91,7 @@ def chat_stream() -> Response:
 def resume_stream(stream_id: str) -> Response:
     """Replay the events after ``Last-Event-ID`` and follow the stream live."""
     found = services()
-    user_id = found.auth.user_for(request.headers.get("Authorization"))
+    user_id = current_user(found.auth)
     after = -1
     last_event_id = request.headers.get("Last-Event-ID", "").strip()
     if last_event_id:
@@ -88,7 +111,7 @@ def resume_stream(stream_id: str) -> Response:
 def cancel_stream(stream_id: str) -> tuple[str, int]:
     """Stop the generation and the upstream request; readers get a ``cancelled`` event."""
     found = services()
-    user_id = found.auth.user_for(request.headers.get("Authorization"))
+    user_id = current_user(found.auth)
     live = found.streams.get(stream_id, user_id)
     if live is None:
         raise NotFound("No such stream.")
@@ -101,6 +124,5 @@ def cancel_stream(stream_id: str) -> tuple[str, int]:
 def chat() -> dict[str, Any]:
     """The non-streaming fallback: the whole reply as one JSON body."""
     found = services()
-    user_id = found.auth.user_for(request.headers.get("Authorization"))
-    stream = found.chat.open_stream(_chat_request(found, user_id))
-    return found.chat.chat(stream)
+    user_id = current_user(found.auth)
+    return found.chat.chat(_open(found, user_id))

@@ -7,6 +7,7 @@ from typing import Any
 
 from flask import Blueprint, request
 
+from service.auth import current_user
 from service.errors import NotFound
 from service.extensions import services
 from service.schemas import PageQuerySchema, load
@@ -26,7 +27,7 @@ def _conversation_id(raw: str) -> str:
 def list_conversations() -> dict[str, Any]:
     """The caller's conversations, most recently updated first."""
     found = services()
-    user_id = found.auth.user_for(request.headers.get("Authorization"))
+    user_id = current_user(found.auth)
     page = load(_page, request.args.to_dict())
     return {"conversations": found.conversations.list_for(user_id, page["limit"], page["offset"])}
 
@@ -35,7 +36,7 @@ def list_conversations() -> dict[str, Any]:
 def read_conversation(conversation_id: str) -> dict[str, Any]:
     """One conversation with its messages, oldest first."""
     found = services()
-    user_id = found.auth.user_for(request.headers.get("Authorization"))
+    user_id = current_user(found.auth)
     conversation = found.conversations.read(_conversation_id(conversation_id), user_id)
     if conversation is None:
         raise NotFound("No such conversation.")
@@ -45,7 +46,7 @@ def read_conversation(conversation_id: str) -> dict[str, Any]:
 @bp.delete("/<conversation_id>")
 def delete_conversation(conversation_id: str) -> tuple[str, int]:
     found = services()
-    user_id = found.auth.user_for(request.headers.get("Authorization"))
+    user_id = current_user(found.auth)
     if not found.conversations.delete(_conversation_id(conversation_id), user_id):
         raise NotFound("No such conversation.")
     return "", 204

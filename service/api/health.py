@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint
+from flask import Blueprint, Response
 
 from service.extensions import services
 
@@ -29,3 +29,9 @@ def readyz() -> tuple[dict[str, Any], int]:
     checks["model"] = f"{found.settings.provider}:{found.settings.chat_model}"
     ready = all(value != "unavailable" for value in checks.values())
     return {"status": "ready" if ready else "not_ready", "checks": checks}, 200 if ready else 503
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    """Prometheus text format, for this worker."""
+    return Response(services().metrics.render(), content_type="text/plain; version=0.0.4; charset=utf-8")

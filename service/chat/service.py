@@ -64,7 +64,7 @@ class ChatStream:
         store: ConversationStore,
         prompt_tokens_estimate: int,
         meter: TokenMeter | None = None,
-        on_end: Callable[[], None] | None = None,
+        on_end: Callable[[ChatStream], None] | None = None,
     ) -> None:
         self.metadata = metadata
         self.request = request
@@ -77,6 +77,7 @@ class ChatStream:
         self.stop_requested: StreamError | None = None
         self.parts: list[str] = []
         self.finished = False
+        self.outcome = ""
         self.started = time.monotonic()
 
     def events(self) -> Iterator[list[Event]]:
@@ -119,11 +120,12 @@ class ChatStream:
             final = Error(error.code, error.message, error.retryable)
         if not self.finished:
             self.finished = True
+            self.outcome = "done" if error is None else error.code
             try:
                 self.save(error is None, usage)
             finally:
                 if self.on_end is not None:
-                    self.on_end()
+                    self.on_end(self)
         return final
 
     def usage(self) -> Usage:
@@ -158,7 +160,10 @@ class ChatService:
         self.store = store
 
     def open_stream(
-        self, request: ChatRequest, meter: TokenMeter | None = None, on_end: Callable[[], None] | None = None
+        self,
+        request: ChatRequest,
+        meter: TokenMeter | None = None,
+        on_end: Callable[[ChatStream], None] | None = None,
     ) -> ChatStream:
         """Check, build context and open the upstream; every refusal is raised before any byte is sent."""
         settings = self.settings

@@ -54,6 +54,7 @@ class Database:
             self.engine = create_engine(url, pool_size=10, max_overflow=40, pool_pre_ping=True)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._offload = self.is_sqlite and _gevent_patched()
+        self.active_units = 0  # sessions open right now: the leak test's gauge
 
     def create_tables(self) -> None:
         self.run(lambda: Base.metadata.create_all(self.engine))
@@ -70,8 +71,12 @@ class Database:
         """Run ``work`` in one session and one transaction, committed on success."""
 
         def unit() -> T:
-            with self.sessions.begin() as session:
-                return work(session)
+            self.active_units += 1
+            try:
+                with self.sessions.begin() as session:
+                    return work(session)
+            finally:
+                self.active_units -= 1
 
         return self.run(unit)
 

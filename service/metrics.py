@@ -1,0 +1,61 @@
+"""Prometheus metrics. Nothing here runs per token: streams report once, at their end; gauges are
+computed when scraped. Each app has its own registry (tests build many apps in one process)."""
+
+from __future__ import annotations
+
+import gc
+import os
+from collections.abc import Callable
+from typing import Any
+
+from greenlet import greenlet
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+
+def _count_greenlets() -> float:
+    return float(sum(1 for item in gc.get_objects() if isinstance(item, greenlet)))
+
+
+def _count_fds() -> float:
+    try:
+        return float(len(os.listdir("/proc/self/fd")))
+    except OSError:
+        return float("nan")
+
+
+def upstream_connections_in_use(client: Any) -> float:
+    """Connections of the SDK's HTTP pool that carry a request now (idle keep-alives excluded)."""
+    pool = getattr(getattr(client, "_transport", None), "_pool", None)
+    connections = getattr(pool, "connections", [])
+    return float(sum(1 for item in connections if not item.is_idle() and not item.is_closed()))
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.streams_started = Counter("chat_streams_started", "Streams started.", registry=self.registry)
+        self.streams_ended = Counter(
+            "chat_streams_ended", "Streams ended, by outcome code.", ["outcome"], registry=self.registry
+        )
+        self.tokens = Counter("chat_tokens_relayed", "Token events relayed.", registry=self.registry)
+        self.stream_seconds = Histogram(
+            "chat_stream_seconds",
+            "Whole-stream duration.",
+            buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300),
+            registry=self.registry,
+        )
+
+    def gauge(self, name: str, documentation: str, read: Callable[[], float]) -> None:
+        Gauge(name, documentation, registry=self.registry).set_function(read)
+
+    def add_process_gauges(self) -> None:
+        self.gauge("chat_process_greenlets", "Greenlets alive in this worker.", _count_greenlets)
+        self.gauge("chat_process_open_fds", "Open file descriptors of this worker.", _count_fds)
+
+    def stream_ended(self, outcome: str, tokens: int, seconds: float) -> None:
+        self.streams_ended.labels(outcome).inc()
+        self.tokens.inc(tokens)
+        self.stream_seconds.observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
