@@ -13,7 +13,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 
 def _count_greenlets() -> float:
-    return float(sum(1 for item in gc.get_objects() if isinstance(item, greenlet)))
+    gc.collect()
+    return float(sum(1 for item in gc.get_objects() if isinstance(item, greenlet) and not item.dead))
 
 
 def _count_fds() -> float:

@@ -42,3 +42,22 @@ def stream(base_url: str, body: dict[str, Any], headers: dict[str, str] | None =
     ):
         assert response.status_code == 200, response.read()
         return list(read_events(response))
+
+
+def raw_stream(base_url: str, body: dict[str, Any], headers: dict[str, str] | None = None) -> Any:
+    """Start a stream on a plain socket and return it after the first bytes (to hang up at will)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(base_url)
+    payload = json.dumps(body).encode()
+    extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
+    sock = socket.create_connection((parts.hostname, parts.port), timeout=10)
+    sock.sendall(
+        f"POST /api/v1/ai/chat/stream HTTP/1.1\r\nHost: {parts.netloc}\r\nContent-Type: application/json\r\n"
+        f"Accept: text/event-stream\r\n{extra}Content-Length: {len(payload)}\r\n\r\n".encode()
+        + payload
+    )
+    first = sock.recv(65536)
+    assert first.startswith(b"HTTP/1.1 200"), first[:200]
+    return sock

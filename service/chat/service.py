@@ -88,9 +88,9 @@ class ChatStream:
                 if self.stop_requested is not None:
                     raise self.stop_requested
                 for texts in self.upstream.batches():
-                    self.parts.extend(texts)
                     if self.meter is not None:
-                        self.meter.add(len(texts))
+                        self.meter.add(len(texts))  # before the batch is shown, so saved == seen
+                    self.parts.extend(texts)
                     yield [Token(text) for text in texts]
                 self.reading = False
                 if self.meter is not None:

@@ -189,18 +189,23 @@ _PRCTL = _load_prctl()
 
 
 def _die_with_parent(parent_pid: int) -> Callable[[], None] | None:
-    """A ``preexec_fn`` asking Linux to SIGTERM the child when its parent dies.
+    """A ``preexec_fn`` asking Linux to SIGKILL the child when its parent dies.
 
-    The getppid check covers a parent that died before prctl ran.
+    SIGKILL, not SIGTERM: Linux sends the signal again each time the orphan is
+    handed to another thread of the dying parent, and llama-server answers a second
+    SIGTERM with ``exit()`` inside its signal handler, which can deadlock and leave
+    the orphan behind (seen in about 1 run in 8). The parent is gone, so there is
+    nothing to shut down gracefully for. The getppid check covers a parent that
+    died before prctl ran.
     """
     prctl = _PRCTL
     if prctl is None:
         return None
 
     def preexec() -> None:
-        prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
+        prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL))
         if os.getppid() != parent_pid:
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGKILL)
 
     return preexec
 
@@ -223,8 +228,8 @@ class LocalModelServer:
 
     The child runs in its own session and process group (so ``stop()`` can signal
     everything it spawned, and a Ctrl-C meant for gunicorn does not reach it first)
-    and, on Linux, with ``prctl(PR_SET_PDEATHSIG, SIGTERM)``: if the parent dies
-    hard (SIGKILL, OOM) the kernel terminates llama-server too, so no orphan keeps
+    and, on Linux, with ``prctl(PR_SET_PDEATHSIG, SIGKILL)``: if the parent dies
+    hard (SIGKILL, OOM) the kernel kills llama-server too, so no orphan keeps
     the port and ~300 MB of memory. Linux ties PDEATHSIG to the *thread* that
     forked, so call ``start()`` from a long-lived thread (gunicorn's master main
     thread is); restarts happen on the ``supervise()`` thread, which lives until
