@@ -19,7 +19,8 @@ PREFIX = event_prefix("abc")
         (Token(""), b'id: abc:1\ndata: {"type":"token","content":""}\n\n'),
         (
             Metadata("abc", "c1", "m1", "gpt"),
-            b'id: abc:1\ndata: {"type":"metadata","streamId":"abc","conversationId":"c1","messageId":"m1","model":"gpt"}\n\n',
+            b'id: abc:1\ndata: {"type":"metadata","streamId":"abc","conversationId":"c1",'
+            b'"messageId":"m1","model":"gpt"}\n\n',
         ),
         (
             Done("stop", Usage(12, 55), 41.3),
