@@ -8,7 +8,7 @@ from typing import Any
 
 from flask import Flask
 
-from service.api import chat, conversations, health
+from service.api import chat, conversations, health, pages
 from service.api.errors import register_error_handlers
 from service.auth import Authenticator
 from service.chat.service import ChatService
@@ -53,7 +53,7 @@ def create_app(overrides: Mapping[str, Any] | None = None, settings: Settings | 
     _register_gauges(app.extensions[KEY])
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    for blueprint in (chat.bp, conversations.bp, health.bp):
+    for blueprint in (chat.bp, conversations.bp, health.bp, pages.bp):
         app.register_blueprint(blueprint)
     register_error_handlers(app)
     build_request_limiter(app, settings, auth)

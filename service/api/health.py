@@ -7,6 +7,7 @@ from typing import Any
 from flask import Blueprint, Response
 
 from service.extensions import services
+from service.openapi import build_spec
 
 bp = Blueprint("health", __name__)
 
@@ -35,3 +36,9 @@ def readyz() -> tuple[dict[str, Any], int]:
 def metrics() -> Response:
     """Prometheus text format, for this worker."""
     return Response(services().metrics.render(), content_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+@bp.get("/openapi.json")
+def openapi() -> dict[str, Any]:
+    """The OpenAPI document; it agrees with WIRE.md."""
+    return build_spec()
