@@ -18,7 +18,7 @@ from service.limits import TokenBudget, build_request_limiter, build_stream_slot
 from service.live import StreamRegistry
 from service.llm.providers import build_client
 from service.llm.streaming import StreamingService
-from service.metrics import Metrics, upstream_connections_in_use
+from service.metrics import Metrics, upstream_connections_in_use, upstream_pool_size
 from service.store.conversations import ConversationStore
 from service.store.database import Database
 from service.watchdog import Timing
@@ -73,3 +73,5 @@ def _register_gauges(found: Services) -> None:
         "Upstream HTTP connections in use.",
         lambda: upstream_connections_in_use(client),
     )
+    pooled = "Upstream HTTP connections in the pool, idle keep-alives included."
+    metrics.gauge("chat_upstream_connections_pooled", pooled, lambda: upstream_pool_size(client))

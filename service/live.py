@@ -77,11 +77,17 @@ class LiveStream:
         """
         if self.done or self.pump is None or self.chat.finished:
             return False
-        if self.chat.reading:
-            self.pump.kill(error, block=False)
-        else:
-            self.chat.stop_requested = error
+        self.chat.stop_requested = error
+        if self.chat.interruptible:
+            gevent.get_hub().loop.run_callback(self._interrupt, error)
         return True
+
+    def _interrupt(self, error: StreamError) -> None:
+        """Runs in the hub: throws into the pump only if it is still reading *now*. (``Greenlet.kill`` would
+        throw whenever the pump next waits — possibly in the middle of saving the reply.)"""
+        pump = self.pump
+        if pump is not None and not pump.dead and self.chat.interruptible:
+            pump.throw(error)
 
     def wait(self, timeout: float | None = None) -> None:
         if self.pump is not None:

@@ -24,6 +24,12 @@ def _count_fds() -> float:
         return float("nan")
 
 
+def upstream_pool_size(client: Any) -> float:
+    """Connections the SDK's HTTP pool holds, idle keep-alives included."""
+    pool = getattr(getattr(client, "_transport", None), "_pool", None)
+    return float(len(getattr(pool, "connections", [])))
+
+
 def upstream_connections_in_use(client: Any) -> float:
     """Connections of the SDK's HTTP pool that carry a request now (idle keep-alives excluded)."""
     pool = getattr(getattr(client, "_transport", None), "_pool", None)

@@ -55,6 +55,7 @@ def _server_env(upstream: FakeUpstream, database_url: str) -> dict[str, str]:
         "DATABASE_URL": database_url,
         "CHAT_MODEL": "test-model",
         "LOG_LEVEL": "warning",
+        "RATE_LIMIT": "100000/minute",  # many test files share one server; tests of the limit set their own
     }
 
 

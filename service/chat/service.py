@@ -52,8 +52,8 @@ class ChatRequest:
 class ChatStream:
     """One running chat turn. ``events()`` yields batches of events; run it once.
 
-    ``reading`` is True only while the upstream is being read: the one window in which a watchdog may
-    interrupt the stream (see ``service.api.relay``).
+    ``interruptible`` is True only while the pump waits on the upstream socket: the one moment a watchdog may
+    throw into it (never while it saves, closes or counts; see ``LiveStream.stop``).
     """
 
     def __init__(
@@ -73,7 +73,6 @@ class ChatStream:
         self.prompt_tokens_estimate = prompt_tokens_estimate
         self.meter = meter
         self.on_end = on_end
-        self.reading = False
         self.stop_requested: StreamError | None = None
         self.parts: list[str] = []
         self.finished = False
@@ -84,7 +83,6 @@ class ChatStream:
         try:
             yield [self.metadata]
             try:
-                self.reading = True
                 if self.stop_requested is not None:
                     raise self.stop_requested
                 for texts in self.upstream.batches():
@@ -92,7 +90,8 @@ class ChatStream:
                         self.meter.add(len(texts))  # before the batch is shown, so saved == seen
                     self.parts.extend(texts)
                     yield [Token(text) for text in texts]
-                self.reading = False
+                    if self.stop_requested is not None:
+                        raise self.stop_requested
                 if self.meter is not None:
                     self.meter.flush()
             except StreamError as exc:
@@ -109,7 +108,6 @@ class ChatStream:
 
     def finish(self, error: ServiceError | None) -> Done | Error:
         """Close the upstream, save the exchange once, and return the stream's last event."""
-        self.reading = False
         self.upstream.close()
         usage = self.usage()
         final: Done | Error
@@ -127,6 +125,10 @@ class ChatStream:
                 if self.on_end is not None:
                     self.on_end(self)
         return final
+
+    @property
+    def interruptible(self) -> bool:
+        return self.upstream.waiting and not self.finished
 
     def usage(self) -> Usage:
         if self.upstream.usage is not None:

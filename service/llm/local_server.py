@@ -322,6 +322,9 @@ class LocalModelServer:
             "--alias", opts.model_name,
             "--no-webui",  # the API is all we need, and the build embeds no UI
             "--no-slots",  # /slots would expose other users' prompts
+            # Idle conversations' KV state is kept in RAM for reuse; the default cap
+            # is 8 GiB. 256 MiB holds ~11k tokens of this model's history.
+            "--cache-ram", "256",
             "--log-colors", "off",
             "--log-timestamps",
         ]  # fmt: skip

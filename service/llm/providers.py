@@ -18,7 +18,9 @@ MAX_UPSTREAM_CONNECTIONS = 10_000
 def build_http_client(settings: Settings) -> httpx2.Client:
     return httpx2.Client(
         limits=httpx2.Limits(max_connections=MAX_UPSTREAM_CONNECTIONS, max_keepalive_connections=1_000),
-        timeout=httpx2.Timeout(timeout=settings.stream_max_seconds, connect=settings.upstream_connect_timeout),
+        # a read that waits past the idle timeout means a dead upstream (the watchdog has already ended the
+        # stream); the margin keeps the watchdog's event first
+        timeout=httpx2.Timeout(timeout=settings.stream_idle_timeout + 5, connect=settings.upstream_connect_timeout),
     )
 
 

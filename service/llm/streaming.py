@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, cast
 
+import gevent
 import httpx2
 import openai
 import orjson
@@ -40,32 +41,41 @@ class UpstreamStream:
         self.finish_reason: str | None = None
         self.usage: tuple[int, int] | None = None
         self.deltas = 0
+        self._drained: gevent.Greenlet[[Iterator[bytes]], None] | None = None
+        self.waiting = False  # True only while blocked on the upstream socket: the one safe place to interrupt
 
     def batches(self) -> Iterator[list[str]]:
         """Yield the non-empty text deltas of each network read, in order."""
         decoder = SSEDataDecoder()
         loads = orjson.loads
+        raw_chunks = self._response.http_response.iter_raw()
         try:
-            for raw in self._response.http_response.iter_raw():
+            while True:
+                self.waiting = True
+                try:
+                    raw = next(raw_chunks)
+                except StopIteration:
+                    return
+                finally:
+                    self.waiting = False
                 texts: list[str] = []
                 failure: ServiceError | None = None
+                finished = False
                 for data in decoder.feed(raw):
                     if data == b"[DONE]":
+                        finished = True
                         break
                     failure = self._take(loads(data), texts)
                     if failure is not None:
                         break
-                else:
-                    if texts:
-                        self.deltas += len(texts)
-                        yield texts
-                    continue
                 if texts:
                     self.deltas += len(texts)
                     yield texts
                 if failure is not None:
                     raise failure
-                return
+                if finished:
+                    self._drained = gevent.spawn(_drain, raw_chunks)  # the last event need not wait for it
+                    return
         except ServiceError:
             raise
         except (httpx2.HTTPError, OSError, orjson.JSONDecodeError, openai.OpenAIError) as exc:
@@ -99,7 +109,19 @@ class UpstreamStream:
         return None
 
     def close(self) -> None:
-        self._response.close()
+        if self._drained is None:
+            self._response.close()
+
+
+def _drain(raw_chunks: Iterator[bytes]) -> None:
+    """Read the body's last bytes after ``[DONE]`` so the connection goes back to the pool for reuse (closing
+    a half-read response throws the connection away). No timeout here: an exception thrown into httpx while it
+    closes would strand the connection in its pool; the client's read timeout bounds a lingering server."""
+    try:
+        for _ in raw_chunks:
+            pass
+    except (httpx2.HTTPError, OSError):
+        pass
 
 
 class StreamingService:

@@ -66,9 +66,6 @@ class ConversationStore:
     def __init__(self, database: Database) -> None:
         self.database = database
 
-    def exists_for(self, conversation_id: str, user_id: str) -> bool:
-        return self.database.transaction(lambda s: _owned(s, conversation_id, user_id) is not None)
-
     def history(self, conversation_id: str, user_id: str, limit: int) -> list[tuple[str, str]] | None:
         """The last ``limit`` (role, content) pairs oldest first, or None when not the user's."""
 
@@ -93,6 +90,7 @@ class ConversationStore:
         def work(session: Session) -> None:
             conversation = session.get(Conversation, record.conversation_id)
             now = utcnow()
+            position = -1
             if conversation is None:
                 title = " ".join(record.user_message.split())[:TITLE_CHARS] or "New conversation"
                 conversation = Conversation(
@@ -100,12 +98,13 @@ class ConversationStore:
                 )
                 session.add(conversation)
                 session.flush()
+            else:
+                position = session.execute(
+                    select(func.coalesce(func.max(Message.position), -1)).where(
+                        Message.conversation_id == record.conversation_id
+                    )
+                ).scalar_one()
             conversation.updated_at = now
-            position = session.execute(
-                select(func.coalesce(func.max(Message.position), -1)).where(
-                    Message.conversation_id == record.conversation_id
-                )
-            ).scalar_one()
             session.add(
                 Message(
                     id=str(uuid.uuid4()),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -27,6 +28,7 @@ from service.llm.local_server import (
     INSTALL_HINT,
     LocalModelOptions,
     LocalModelServer,
+    LocalModelStartError,
     LocalModelUnavailable,
     find_default_model,
     find_server_binary,
@@ -245,6 +247,20 @@ def test_stop_leaves_no_process() -> None:
     assert srv.ensure_running() is False  # stopped means stopped
     time.sleep(0.5)  # the supervisor would have restarted it by now
     assert _servers_on_port(srv.port) == []
+
+
+def test_busy_port_fails_with_the_log_tail() -> None:
+    _skip_if_asked()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        srv = LocalModelServer(LocalModelOptions(port=port, slots=1, context=1024))
+        try:
+            with pytest.raises(LocalModelStartError, match="couldn't bind"):
+                srv.start(timeout=30)
+        finally:
+            srv.stop()
 
 
 CHILD_SCRIPT = textwrap.dedent(

@@ -1,0 +1,244 @@
+"""Run the benchmark scenarios and print one table.
+
+Starts the fast upstream (``bench.upstream``), the service under real gunicorn (gevent worker) with 1 worker and
+again with 2, and the load generator (``bench.loadgen``) in its own process; the ``direct`` rows read the
+upstream without the service, in the same run. CPU is read from /proc for all worker processes (user + system),
+RSS per open stream is the workers' peak RSS over their idle RSS, divided by the streams open.
+
+    .venv/bin/python -m bench.run                 # everything (about 4 minutes)
+    .venv/bin/python -m bench.run --scenarios S1,S3 --workers 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TICK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    streams: int
+    concurrency: int
+    tokens: int
+    delay: float
+    description: str
+
+
+SCENARIOS = {
+    "S1": Scenario("S1", 100, 1, 200, 0.0, "1 stream at a time, 200 tokens, no delay"),
+    "S2": Scenario("S2", 1000, 1000, 100, 0.02, "1,000 concurrent x 100 tokens at 20 ms"),
+    "S3": Scenario("S3", 250, 50, 300, 0.0, "50 concurrent x 300 tokens, no delay (5 rounds)"),
+    "S4": Scenario("S4", 5000, 5000, 50, 0.1, "5,000 concurrent x 50 tokens at 100 ms"),
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def children(pid: int) -> list[int]:
+    return [int(item) for item in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / TICK
+
+
+def rss_bytes(pids: list[int]) -> int:
+    return sum(int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE for pid in pids)
+
+
+class PeakRss:
+    """Samples the workers' RSS every 20 ms while a scenario runs."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = pids
+        self.peak = rss_bytes(pids)
+        self.running = True
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+
+    def _sample(self) -> None:
+        while self.running:
+            self.peak = max(self.peak, rss_bytes(self.pids))
+            time.sleep(0.02)
+
+    def stop(self) -> int:
+        self.running = False
+        self.thread.join()
+        return self.peak
+
+
+def wait_http(port: int, path: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+                sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+                if sock.recv(100).startswith(b"HTTP/1.1 200"):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"nothing healthy on port {port}")
+
+
+def start_upstream() -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "bench.upstream", str(port)], cwd=ROOT, stdout=subprocess.PIPE)
+    assert process.stdout is not None
+    process.stdout.readline()
+    return process, port
+
+
+def start_service(upstream_port: int, workers: int, folder: str) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    env = {
+        **os.environ,
+        "OPENAI_BASE_URL": f"http://127.0.0.1:{upstream_port}/v1",
+        "OPENAI_API_KEY": "bench",
+        "CHAT_MODEL": "bench-model",
+        "PORT": str(port),
+        "WEB_CONCURRENCY": str(workers),
+        "GUNICORN_BACKLOG": "8192",
+        "DATABASE_URL": f"sqlite:///{folder}/bench.sqlite3",
+        "RATE_LIMIT": "1000000/minute",
+        "TOKEN_BUDGET": "1000000000/hour",
+        "MAX_STREAMS_PER_USER": "100000",
+        "LOG_LEVEL": "warning",
+    }
+    log = open(Path(folder) / f"gunicorn-{workers}.log", "ab")  # noqa: SIM115 - closed with the process
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=log,
+    )
+    wait_http(port, "/healthz")
+    while len(children(process.pid)) < workers:
+        time.sleep(0.1)
+    return process, port
+
+
+def load(target: str, port: int, scenario: Scenario) -> dict[str, object]:
+    command = [
+        sys.executable, "-m", "bench.loadgen", "--target", target, "--url", f"http://127.0.0.1:{port}",
+        "--streams", str(scenario.streams), "--concurrency", str(scenario.concurrency),
+        "--tokens", str(scenario.tokens), "--delay", str(scenario.delay),
+    ]  # fmt: skip
+    output = subprocess.run(command, cwd=ROOT, capture_output=True, check=True, timeout=600).stdout
+    result: dict[str, object] = json.loads(output)
+    return result
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    if not values:
+        return float("nan")
+    return values[min(len(values) - 1, int(fraction * len(values)))]
+
+
+def measure(target: str, port: int, scenario: Scenario, workers: list[int]) -> dict[str, float]:
+    cpu_before = cpu_seconds(workers) if workers else 0.0
+    rss_idle = rss_bytes(workers) if workers else 0
+    sampler = PeakRss(workers) if workers else None
+    result = load(target, port, scenario)
+    peak = sampler.stop() if sampler else 0
+    cpu = cpu_seconds(workers) - cpu_before if workers else float("nan")
+    tokens = float(result["tokens"])  # type: ignore[arg-type]
+    ttft: list[float] = result["ttft"]  # type: ignore[assignment]
+    total: list[float] = result["total"]  # type: ignore[assignment]
+    open_streams = min(scenario.concurrency, scenario.streams)
+    return {
+        "success": 100.0 * float(result["ok"]) / float(result["streams"]),  # type: ignore[arg-type]
+        "ttft_p50": percentile(ttft, 0.5) * 1000,
+        "ttft_p99": percentile(ttft, 0.99) * 1000,
+        "full_p99": percentile(total, 0.99),
+        "cpu_us_per_token": cpu / tokens * 1e6 if tokens and workers else float("nan"),
+        "rss_kb_per_stream": (peak - rss_idle) / 1024 / open_streams if workers else float("nan"),
+        "tokens_per_s": tokens / float(result["wall"]),  # type: ignore[arg-type]
+    }
+
+
+ROW = "| {:<3} | {:<8} | {:>8.1f} | {:>9.1f} | {:>9.1f} | {:>9.2f} | {:>9.1f} | {:>9.1f} | {:>10,.0f} |"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scenarios", default="S1,S2,S3,S4")
+    parser.add_argument("--workers", default="1,2", help="gunicorn worker counts to run, comma-separated")
+    args = parser.parse_args()
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    chosen = [SCENARIOS[name] for name in args.scenarios.split(",")]
+    worker_counts = [int(item) for item in args.workers.split(",")]
+    upstream, upstream_port = start_upstream()
+    rows: list[tuple[str, str, dict[str, float]]] = []
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            for scenario in chosen:
+                rows.append((scenario.name, "direct", measure("direct", upstream_port, scenario, [])))
+                for count in worker_counts:
+                    service, port = start_service(upstream_port, count, folder)
+                    try:
+                        load("service", port, Scenario("warm", 20, 5, 20, 0.0, "warm-up"))
+                        stats = measure("service", port, scenario, children(service.pid))
+                        rows.append((scenario.name, f"{count} worker" + ("s" if count > 1 else ""), stats))
+                    finally:
+                        service.send_signal(signal.SIGTERM)
+                        service.wait(30)
+                print_table(rows, chosen)
+    finally:
+        upstream.terminate()
+        upstream.wait()
+
+
+def print_table(rows: list[tuple[str, str, dict[str, float]]], chosen: list[Scenario]) -> None:
+    print()
+    for scenario in chosen:
+        print(f"{scenario.name}: {scenario.description}")
+    print(
+        "| sc. | relay    | success% | TTFT p50 ms | TTFT p99 ms | full p99 s | CPU us/tok | RSS KB/strm | tokens/s |"
+    )
+    print("| --- | -------- | -------: | --------: | --------: | --------: | --------: | --------: | ---------: |")
+    for name, relay, stats in rows:
+        print(
+            ROW.format(
+                name,
+                relay,
+                stats["success"],
+                stats["ttft_p50"],
+                stats["ttft_p99"],
+                stats["full_p99"],
+                stats["cpu_us_per_token"],
+                stats["rss_kb_per_stream"],
+                stats["tokens_per_s"],
+            )
+        )
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

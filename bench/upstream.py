@@ -1,0 +1,87 @@
+"""A fast scripted OpenAI-compatible streaming server for benchmarks (asyncio, pre-encoded chunks).
+
+The last user message carries the script: ``#tokens=N`` and ``#delay=SECONDS`` between tokens. Responses are
+chunked ``text/event-stream`` on keep-alive connections, like the real API. Run: ``python -m bench.upstream PORT``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import sys
+
+_DIRECTIVE = re.compile(rb"#(tokens|delay)=([0-9.]+)")
+_HEAD = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\nx-request-id: bench\r\n\r\n"
+)
+
+
+def _frame(payload: dict[str, object] | str) -> bytes:
+    data = b"data: " + (payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()) + b"\n\n"
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+def _chunk(delta: dict[str, str], finish: str | None = None) -> dict[str, object]:
+    return {
+        "id": "chatcmpl-bench",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "bench-model",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
+
+
+ROLE = _frame(_chunk({"role": "assistant", "content": ""}))
+WORDS = [_frame(_chunk({"content": word})) for word in (" sleep", " baby", " night", " nap", " rest", " dream")]
+FIRST = _frame(_chunk({"content": "Baby"}))
+STOP = _frame(_chunk({}, "stop"))
+DONE = _frame("[DONE]") + b"0\r\n\r\n"
+
+
+def _usage(tokens: int) -> bytes:
+    usage = {"prompt_tokens": 12, "completion_tokens": tokens, "total_tokens": 12 + tokens}
+    return _frame({**_chunk({}), "choices": [], "usage": usage})
+
+
+async def _reply(writer: asyncio.StreamWriter, body: bytes) -> None:
+    script = dict(_DIRECTIVE.findall(body))
+    tokens = int(script.get(b"tokens", b"50"))
+    delay = float(script.get(b"delay", b"0"))
+    writer.write(_HEAD + ROLE + FIRST)
+    for index in range(1, tokens):
+        if delay:
+            await writer.drain()
+            await asyncio.sleep(delay)
+        writer.write(WORDS[index % len(WORDS)])
+        if not delay and index % 64 == 0:
+            await writer.drain()
+    writer.write(STOP + _usage(tokens) + DONE)
+    await writer.drain()
+
+
+async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line[:15].lower() == b"content-length:":
+                    length = int(line[15:])
+            body = await reader.readexactly(length) if length else b""
+            await _reply(writer, body)
+    except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
+        pass
+    finally:
+        writer.close()
+
+
+async def main(port: int) -> None:
+    server = await asyncio.start_server(_serve, "127.0.0.1", port, backlog=8192, limit=1 << 20)
+    print(f"listening {server.sockets[0].getsockname()[1]}", flush=True)
+    async with server:
+        await server.serve_forever()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 0))
