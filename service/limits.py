@@ -22,7 +22,7 @@ from service.auth import Authenticator, current_user
 from service.config import Settings
 from service.errors import BudgetSpent, RateLimited, Unauthorized
 
-METER_BATCH = 16  # tokens counted per storage hit: the budget may be overshot by at most this many
+METER_BATCH = 64  # most tokens counted per storage hit: a stream may overshoot the budget by at most this many
 
 
 def user_key(auth: Authenticator) -> Callable[[], str]:
@@ -153,14 +153,15 @@ def build_stream_slots(settings: Settings) -> StreamSlots:
 class TokenMeter:
     """Counts one stream's completion tokens against the user's budget, one storage hit per batch."""
 
-    def __init__(self, budget: TokenBudget, user_id: str) -> None:
+    def __init__(self, budget: TokenBudget, user_id: str, remaining: int) -> None:
         self.budget = budget
         self.user_id = user_id
         self.pending = 0
+        self.batch = max(1, min(METER_BATCH, remaining // 4))  # small batches when little is left
 
     def add(self, count: int) -> None:
         self.pending += count
-        if self.pending >= METER_BATCH:
+        if self.pending >= self.batch:
             cost, self.pending = self.pending, 0
             if not self.budget.spend(self.user_id, cost):
                 raise BudgetSpent()
@@ -179,14 +180,15 @@ class TokenBudget:
         self.item = parse(settings.token_budget)
         self.limiter = FixedWindowRateLimiter(storage_from_string(settings.ratelimit_storage_uri))
 
-    def check(self, user_id: str) -> None:
-        """Raise ``RateLimited`` (before any upstream call) when the budget is already spent."""
-        if not self.limiter.test(self.item, "tokens", user_id):
-            reset_at, _ = self.limiter.get_window_stats(self.item, "tokens", user_id)
+    def check(self, user_id: str) -> int:
+        """The tokens left; raise ``RateLimited`` (before any upstream call) when none are."""
+        reset_at, remaining = self.limiter.get_window_stats(self.item, "tokens", user_id)
+        if remaining <= 0:
             raise RateLimited("Your token budget is spent.", retry_after=int(reset_at - time.time()) + 1)
+        return int(remaining)
 
     def spend(self, user_id: str, cost: int) -> bool:
         return bool(self.limiter.hit(self.item, "tokens", user_id, cost=cost))
 
-    def meter(self, user_id: str) -> TokenMeter:
-        return TokenMeter(self, user_id)
+    def meter(self, user_id: str, remaining: int) -> TokenMeter:
+        return TokenMeter(self, user_id, remaining)

@@ -105,10 +105,20 @@ class LiveStream:
                 yield backlog
             if self.done:
                 return
+            get, ready = queue.get, queue.qsize
             while True:
-                item = queue.get()
+                item = get()
                 if item is END:
                     return
+                if ready():  # this reader fell behind: what is queued goes out in one write
+                    items = [item]
+                    while ready():
+                        item = get()
+                        if item is END:
+                            yield b"".join(items)
+                            return
+                        items.append(item)
+                    item = b"".join(items)
                 yield item
         finally:
             if queue in self.readers:

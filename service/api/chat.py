@@ -38,7 +38,7 @@ def _chat_request(found: Services, user_id: str) -> ChatRequest:
 def _open(found: Services, user_id: str) -> ChatStream:
     """Guards, then the service: budget and the open-stream cap are checked before any upstream call."""
     request_ = _chat_request(found, user_id)
-    found.budget.check(user_id)
+    remaining_tokens = found.budget.check(user_id)
     release = found.slots.acquire(user_id)
     if release is None:
         limit = found.settings.max_streams_per_user
@@ -49,7 +49,7 @@ def _open(found: Services, user_id: str) -> ChatStream:
         found.metrics.stream_ended(chat.outcome, chat.upstream.deltas, time.monotonic() - chat.started)
 
     try:
-        chat = found.chat.open_stream(request_, meter=found.budget.meter(user_id), on_end=ended)
+        chat = found.chat.open_stream(request_, meter=found.budget.meter(user_id, remaining_tokens), on_end=ended)
     except BaseException:
         release()
         raise
