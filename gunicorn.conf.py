@@ -6,6 +6,8 @@ The gevent worker gives each connection a greenlet, so one worker holds thousand
 from __future__ import annotations
 
 import os
+import sys
+from typing import Any
 
 
 def _int(name: str, default: int) -> int:
@@ -28,3 +30,42 @@ loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 accesslog = os.environ.get("GUNICORN_ACCESS_LOG") or None
 errorlog = "-"
 preload_app = False  # the app imports httpx2; it must load after the worker has monkey-patched
+
+
+# --- the embedded local model: one llama-server per host, owned by the master --------------------------------
+# With no provider configured, the master starts llama-server before forking workers, points them at it through
+# the SDK's own variables, restarts it if it dies, and stops it on exit (and the kernel kills it if the master
+# dies hard). Setting any provider turns all of this off.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+_local_model: Any = None
+
+
+def _provider_configured() -> bool:
+    return any(
+        os.environ.get(name, "").strip() for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "AZURE_OPENAI_ENDPOINT")
+    )
+
+
+def on_starting(server: Any) -> None:
+    global _local_model
+    if _provider_configured():
+        return
+    from service.config import LOCAL_MODEL_NAME
+    from service.llm.local_server import LocalModelOptions, LocalModelServer
+
+    options = LocalModelOptions.from_env(os.environ)
+    server.log.info("No provider configured: starting the local demo model (%s)", options.model_name)
+    _local_model = LocalModelServer(options)
+    _local_model.start()
+    _local_model.supervise()
+    os.environ["OPENAI_BASE_URL"] = _local_model.base_url
+    os.environ["OPENAI_API_KEY"] = "local"
+    os.environ["LOCAL_MODEL_URL"] = _local_model.base_url
+    os.environ.setdefault("CHAT_MODEL", LOCAL_MODEL_NAME)
+    server.log.info("Local model ready at %s", _local_model.base_url)
+
+
+def on_exit(server: Any) -> None:
+    if _local_model is not None:
+        server.log.info("Stopping the local model")
+        _local_model.stop()

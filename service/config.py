@@ -65,6 +65,7 @@ class Settings:
     blocked_terms: tuple[str, ...] = ()
     moderation: bool = False
     local_model: bool = False
+    local_model_url: str | None = None
 
     @property
     def provider(self) -> str:
@@ -123,6 +124,7 @@ class Settings:
             blocked_terms=reader.items("BLOCKED_TERMS"),
             moderation=reader.switch("MODERATION"),
             local_model=local,
+            local_model_url=reader.optional("LOCAL_MODEL_URL"),
         )
         parse_rate("TOKEN_BUDGET", settings.token_budget)
         return settings

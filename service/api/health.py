@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx2
 from flask import Blueprint, Response
 
 from service.extensions import services
@@ -17,6 +18,14 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
+def _local_model_healthy(base_url: str) -> bool:
+    """llama-server's own ``/health`` (at the root, not under ``/v1``)."""
+    try:
+        return httpx2.get(base_url.removesuffix("/v1") + "/health", timeout=2).status_code == 200
+    except httpx2.HTTPError:
+        return False
+
+
 @bp.get("/readyz")
 def readyz() -> tuple[dict[str, Any], int]:
     """Ready when the database answers and a model is configured."""
@@ -28,6 +37,8 @@ def readyz() -> tuple[dict[str, Any], int]:
     except Exception:
         checks["database"] = "unavailable"
     checks["model"] = f"{found.settings.provider}:{found.settings.chat_model}"
+    if found.settings.local_model_url:
+        checks["localModel"] = "ok" if _local_model_healthy(found.settings.local_model_url) else "unavailable"
     ready = all(value != "unavailable" for value in checks.values())
     return {"status": "ready" if ready else "not_ready", "checks": checks}, 200 if ready else 503
 

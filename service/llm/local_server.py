@@ -8,6 +8,8 @@ provider. It is a demo model: fast enough on 2 cores, but it makes facts up.
 
 This module uses only the standard library (``http.client``, ``subprocess``,
 ``threading``) because it runs in the gunicorn master before gevent patches anything.
+Importing it as ``service.llm.local_server`` runs ``service/__init__`` (Flask, httpx2,
+gevent); a master that must stay unpatched can load this file by path instead.
 """
 
 from __future__ import annotations

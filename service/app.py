@@ -1,0 +1,77 @@
+"""Builds the Flask app: settings, extensions, blueprints, error handlers. No routes live here."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask
+
+from service.api import chat, conversations, health, pages
+from service.api.errors import register_error_handlers
+from service.auth import Authenticator
+from service.chat.service import ChatService
+from service.config import Settings, default_database_url
+from service.extensions import KEY, Services
+from service.limits import TokenBudget, build_request_limiter, build_stream_slots
+from service.live import StreamRegistry
+from service.llm.providers import build_client
+from service.llm.streaming import StreamingService
+from service.metrics import Metrics, upstream_connections_in_use, upstream_pool_size
+from service.store.conversations import ConversationStore
+from service.store.database import Database
+from service.watchdog import Timing
+
+log = logging.getLogger(__name__)
+
+
+def build_app(overrides: Mapping[str, Any] | None = None, settings: Settings | None = None) -> Flask:
+    """Build the app from the environment; ``overrides`` replace individual settings (tests)."""
+    app = Flask("service", instance_relative_config=True)
+    settings = (settings or Settings.from_env()).with_overrides(overrides or {})
+    if not settings.database_url:
+        settings = settings.with_overrides({"database_url": default_database_url(app.instance_path)})
+    database = Database(settings.database_url)
+    database.create_tables()
+    store = ConversationStore(database)
+    auth = Authenticator(settings)
+    if not auth.enabled:
+        log.warning("JWT_SECRET and JWT_PUBLIC_KEY are unset: auth is OFF and every request is one local user.")
+    app.extensions[KEY] = Services(
+        settings=settings,
+        database=database,
+        conversations=store,
+        chat=ChatService(settings, StreamingService(build_client(settings)), store),
+        streams=StreamRegistry(),
+        auth=auth,
+        timing=Timing(settings.heartbeat_seconds, settings.stream_idle_timeout, settings.stream_max_seconds),
+        slots=build_stream_slots(settings),
+        budget=TokenBudget(settings),
+        metrics=Metrics(),
+    )
+    _register_gauges(app.extensions[KEY])
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    for blueprint in (chat.bp, conversations.bp, health.bp, pages.bp):
+        app.register_blueprint(blueprint)
+    register_error_handlers(app)
+    build_request_limiter(app, settings, auth)
+    return app
+
+
+def _register_gauges(found: Services) -> None:
+    """What a leak would show: each must return to its idle value once streams end."""
+    metrics = found.metrics
+    metrics.add_process_gauges()
+    metrics.gauge("chat_streams_open", "Streams being generated now.", lambda: float(len(found.streams.running())))
+    metrics.gauge("chat_stream_slots_held", "Per-user open-stream slots held.", lambda: float(found.slots.open_count()))
+    metrics.gauge("chat_db_sessions_open", "Database sessions open now.", lambda: float(found.database.active_units))
+    client = found.chat.streaming.client._client
+    metrics.gauge(
+        "chat_upstream_connections_in_use",
+        "Upstream HTTP connections in use.",
+        lambda: upstream_connections_in_use(client),
+    )
+    pooled = "Upstream HTTP connections in the pool, idle keep-alives included."
+    metrics.gauge("chat_upstream_connections_pooled", pooled, lambda: upstream_pool_size(client))
