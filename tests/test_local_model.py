@@ -45,7 +45,12 @@ def alive(pid: int) -> bool:
 
 def local_server(tmp_path: Path) -> GunicornServer:
     server = GunicornServer(
-        {"DATABASE_URL": f"sqlite:///{tmp_path / 'local.sqlite3'}", "MAX_COMPLETION_TOKENS": "60", "LOG_LEVEL": "info"},
+        {
+            "DATABASE_URL": f"sqlite:///{tmp_path / 'local.sqlite3'}",
+            "MAX_COMPLETION_TOKENS": "60",
+            "MAX_STREAMS_PER_USER": "8",
+            "LOG_LEVEL": "info",
+        },
         tmp_path / "gunicorn.log",
         workers=2,
     )

@@ -100,3 +100,12 @@ def test_a_database_wait_does_not_stall_other_streams(server_factory: ServerFact
     assert max(gaps) < 0.35, gaps
     saved = httpx.get(f"{server.url}/api/v1/ai/conversations").json()["conversations"]
     assert {item["title"] for item in saved} == {"saver #tokens=1", "flowing #tokens=25 #delay=0.1"}
+
+
+def test_several_workers_start_together_on_a_fresh_database(server_factory: ServerFactory) -> None:
+    """Every worker creates the tables at start; the ones that lose the race must still boot."""
+    server = server_factory(workers=4)
+    time.sleep(1.5)
+    assert server.process is not None and server.process.poll() is None
+    assert len(server.worker_pids()) == 4
+    assert stream(server.url, {"message": "after a racy start #tokens=2"})[-1].type == "done"

@@ -1,0 +1,62 @@
+"""Locust load test: each user streams a chat reply, reads every event, and reports time to first token and
+full-stream time as their own entries (``SSE first token`` and ``SSE full stream``).
+
+    locust -f bench/locustfile.py --host http://127.0.0.1:8000 --headless -u 500 -r 50 -t 1m
+
+``CHAT_MESSAGE`` sets the message (the bench upstream reads ``#tokens=N #delay=S`` from it); ``CHAT_TOKEN`` a
+bearer token when auth is on.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from locust import FastHttpUser, between, task
+
+MESSAGE = os.environ.get("CHAT_MESSAGE", "Tell me about baby sleep patterns #tokens=100 #delay=0.02")
+TOKEN = os.environ.get("CHAT_TOKEN", "")
+
+
+class StreamingChatUser(FastHttpUser):
+    wait_time = between(0.5, 1.5)
+    network_timeout = 120.0
+    connection_timeout = 10.0
+
+    @task
+    def stream_reply(self) -> None:
+        headers = {"Accept": "text/event-stream", "Content-Type": "application/json"}
+        if TOKEN:
+            headers["Authorization"] = f"Bearer {TOKEN}"
+        started = time.perf_counter()
+        first_token_at = 0.0
+        tokens = 0
+        ended = ""
+        with self.client.post(
+            "/api/v1/ai/chat/stream", json={"message": MESSAGE}, headers=headers, stream=True, catch_response=True,
+            name="POST /chat/stream (headers)",
+        ) as response:  # fmt: skip
+            if response.status_code != 200:
+                response.failure(f"status {response.status_code}")
+                return
+            buffer = b""
+            for chunk in response.iter_content(8192):
+                buffer += chunk
+                *lines, buffer = buffer.split(b"\n")
+                for line in lines:
+                    if line.startswith(b'data: {"type":"token"'):
+                        tokens += 1
+                        if not first_token_at:
+                            first_token_at = time.perf_counter()
+                    elif line.startswith(b'data: {"type":"done"'):
+                        ended = "done"
+                    elif line.startswith(b'data: {"type":"error"'):
+                        ended = "error"
+            response.success()
+        total_ms = (time.perf_counter() - started) * 1000
+        fire = self.environment.events.request.fire
+        if first_token_at:
+            ttft_ms = (first_token_at - started) * 1000
+            fire(request_type="SSE", name="first token", response_time=ttft_ms, response_length=0, exception=None)
+        failure = None if ended == "done" else RuntimeError(f"stream ended with {ended or 'no final event'}")
+        fire(request_type="SSE", name="full stream", response_time=total_ms, response_length=tokens, exception=failure)
