@@ -15,7 +15,7 @@ from service.chat.service import ChatService
 from service.config import Settings, default_database_url
 from service.extensions import KEY, Services
 from service.limits import TokenBudget, build_request_limiter, build_stream_slots
-from service.live import StreamRegistry
+from service.live import StreamRegistry, end_streams_on_sigterm
 from service.llm.providers import build_client
 from service.llm.streaming import StreamingService
 from service.metrics import Metrics, upstream_connections_in_use, upstream_pool_size
@@ -51,6 +51,8 @@ def build_app(overrides: Mapping[str, Any] | None = None, settings: Settings | N
         metrics=Metrics(),
     )
     _register_gauges(app.extensions[KEY])
+    if _gevent_worker():
+        end_streams_on_sigterm(app.extensions[KEY].streams)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
     for blueprint in (chat.bp, conversations.bp, health.bp, pages.bp):
@@ -75,3 +77,10 @@ def _register_gauges(found: Services) -> None:
     )
     pooled = "Upstream HTTP connections in the pool, idle keep-alives included."
     metrics.gauge("chat_upstream_connections_pooled", pooled, lambda: upstream_pool_size(client))
+
+
+def _gevent_worker() -> bool:
+    """True inside a gevent-patched process (gunicorn's gevent worker), where the SIGTERM hook belongs."""
+    from gevent import monkey
+
+    return bool(monkey.is_module_patched("socket"))

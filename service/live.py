@@ -9,16 +9,17 @@ from the upstream socket) is what lets a reader's connection send ``: ping`` whi
 from __future__ import annotations
 
 import logging
+import signal
 import time
 from collections.abc import Iterator
-from typing import Final
+from typing import Any, Final
 
 import gevent
 from gevent.queue import SimpleQueue
 
 from service.api.sse import PING, encode_batch, event_prefix, retry_field
 from service.chat.service import ChatStream
-from service.errors import StreamError
+from service.errors import ServerShutdown, StreamError
 
 log = logging.getLogger(__name__)
 END: Final = b""
@@ -168,3 +169,22 @@ class StreamRegistry:
         expired = [key for key, live in self.streams.items() if live.done and now - live.finished_at > self.retention]
         for key in expired:
             del self.streams[key]
+
+
+def end_streams_on_sigterm(registry: StreamRegistry) -> None:
+    """On SIGTERM (gunicorn's graceful shutdown), end every running stream at once with ``server_shutdown``
+    and its partial reply saved, so clients resume elsewhere instead of waiting out the graceful timeout.
+    gunicorn's own handler still runs afterwards."""
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        gevent.spawn(_end_all, registry)
+        if callable(previous):
+            previous(signum, frame)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def _end_all(registry: StreamRegistry) -> None:
+    for live in registry.running():
+        live.stop(ServerShutdown())

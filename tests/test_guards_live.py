@@ -166,3 +166,37 @@ def test_resume_replays_after_last_event_id_then_follows_live(server: GunicornSe
     assert replayed == [f"{stream_id}:{n}" for n in range(2, 8)]
     bad = httpx.get(f"{server.url}{STREAM}/{stream_id}", headers={"Last-Event-ID": "nonsense"})
     assert bad.status_code == 400
+
+
+def test_sigterm_ends_streams_with_server_shutdown_and_saves_partial(
+    server_factory: ServerFactory, tmp_path: object
+) -> None:
+    from pathlib import Path
+
+    from service.store.conversations import ConversationStore
+    from service.store.database import Database
+
+    server = server_factory()
+    sock = raw_stream(server.url, {"message": "shutting down #tokens=100 #delay=0.2"})
+    received = b""
+    while b'"type":"token"' not in received:
+        received += sock.recv(65536)
+    assert server.process is not None
+    asked = time.monotonic()
+    server.process.send_signal(15)
+    sock.settimeout(5)
+    while b'"type":"error"' not in received:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        received += chunk
+    assert b'"code":"server_shutdown"' in received
+    assert b'"retryable":true' in received
+    assert time.monotonic() - asked < 3  # not the graceful timeout
+    sock.close()
+    server.process.wait(15)
+    store = ConversationStore(Database(f"sqlite:///{Path(str(tmp_path)) / 'chat.sqlite3'}"))
+    (conversation,) = store.list_for("local", 10, 0)
+    reply = store.read(conversation["id"], "local")["messages"][-1]  # type: ignore[index]
+    assert reply["status"] == "incomplete"
+    assert reply["content"].startswith("Baby")

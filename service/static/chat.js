@@ -164,12 +164,15 @@ function messageElement(role, text) {
   return article;
 }
 
+// The embedded local default is a 135M-parameter demo model: say so wherever its replies appear.
+const DEMO_MODELS = new Set(["smollm2-135m-instruct"]);
+
 function statsLine(stats, model) {
   const parts = [];
   const usage = stats && stats.usage;
   if (usage && Number.isFinite(usage.completionTokens)) parts.push(`${usage.completionTokens} tokens${usage.estimated ? " (estimated)" : ""}`);
   if (stats && Number.isFinite(stats.tokensPerSecond) && stats.tokensPerSecond > 0) parts.push(`${stats.tokensPerSecond.toFixed(1)} tokens/s`);
-  if (model) parts.push(model);
+  if (model) parts.push(DEMO_MODELS.has(model) ? `${model} (demo model: it makes facts up)` : model);
   if (stats && stats.finishReason === "length") parts.push("stopped at the length limit");
   return parts.join(" · ");
 }
