@@ -16,7 +16,7 @@ from service.config import Settings, default_database_url
 from service.extensions import KEY, Services
 from service.limits import TokenBudget, build_request_limiter, build_stream_slots
 from service.live import StreamRegistry, end_streams_on_sigterm
-from service.llm.providers import build_client
+from service.llm.providers import build_clients
 from service.llm.streaming import StreamingService
 from service.metrics import Metrics, upstream_connections_in_use, upstream_pool_size
 from service.store.conversations import ConversationStore
@@ -42,7 +42,7 @@ def build_app(overrides: Mapping[str, Any] | None = None, settings: Settings | N
         settings=settings,
         database=database,
         conversations=store,
-        chat=ChatService(settings, StreamingService(build_client(settings)), store),
+        chat=ChatService(settings, StreamingService(*build_clients(settings)), store),
         streams=StreamRegistry(),
         auth=auth,
         timing=Timing(settings.heartbeat_seconds, settings.stream_idle_timeout, settings.stream_max_seconds),
@@ -69,14 +69,16 @@ def _register_gauges(found: Services) -> None:
     metrics.gauge("chat_streams_open", "Streams being generated now.", lambda: float(len(found.streams.running())))
     metrics.gauge("chat_stream_slots_held", "Per-user open-stream slots held.", lambda: float(found.slots.open_count()))
     metrics.gauge("chat_db_sessions_open", "Database sessions open now.", lambda: float(found.database.active_units))
-    client = found.chat.streaming.client._client
+    clients = [sdk._client for sdk in found.chat.streaming.clients]
     metrics.gauge(
         "chat_upstream_connections_in_use",
         "Upstream HTTP connections in use.",
-        lambda: upstream_connections_in_use(client),
+        lambda: sum(upstream_connections_in_use(client) for client in clients),
     )
     pooled = "Upstream HTTP connections in the pool, idle keep-alives included."
-    metrics.gauge("chat_upstream_connections_pooled", pooled, lambda: upstream_pool_size(client))
+    metrics.gauge(
+        "chat_upstream_connections_pooled", pooled, lambda: sum(upstream_pool_size(client) for client in clients)
+    )
 
 
 def _gevent_worker() -> bool:

@@ -13,6 +13,7 @@ import openai
 from service.config import Settings
 
 MAX_UPSTREAM_CONNECTIONS = 10_000
+POOLS = 16  # SDK clients (connection pools) per worker; see StreamingService
 
 
 def build_http_client(settings: Settings) -> httpx2.Client:
@@ -45,3 +46,7 @@ def build_client(settings: Settings) -> openai.OpenAI:
         max_retries=retries,
         http_client=http_client,
     )
+
+
+def build_clients(settings: Settings, count: int = POOLS) -> list[openai.OpenAI]:
+    return [build_client(settings) for _ in range(count)]

@@ -8,17 +8,20 @@ of conversations or SSE framing downstream.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import itertools
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, cast
 
 import gevent
+import h11
 import httpx2
 import openai
 import orjson
 from openai.types.chat import ChatCompletionMessageParam
 
 from service.errors import ContentFiltered, ServiceError, UpstreamFailed
+from service.llm.body_reader import body_chunks
 from service.llm.errors import map_error_payload, map_open_error
 from service.llm.sse_decoder import SSEDataDecoder
 
@@ -36,8 +39,9 @@ class UpstreamStream:
     The response is closed on every way out of ``batches()``: normal end, error, or ``GeneratorExit``.
     """
 
-    def __init__(self, response: Any) -> None:
+    def __init__(self, response: Any, read_timeout: float | None = None) -> None:
         self._response = response
+        self.read_timeout = read_timeout
         self.finish_reason: str | None = None
         self.usage: tuple[int, int] | None = None
         self.deltas = 0
@@ -48,7 +52,8 @@ class UpstreamStream:
         """Yield the non-empty text deltas of each network read, in order."""
         decoder = SSEDataDecoder()
         loads = orjson.loads
-        raw_chunks = self._response.http_response.iter_raw()
+        http_response = self._response.http_response
+        raw_chunks = body_chunks(http_response, self.read_timeout) or http_response.iter_raw()
         try:
             while True:
                 self.waiting = True
@@ -74,11 +79,12 @@ class UpstreamStream:
                 if failure is not None:
                     raise failure
                 if finished:
-                    self._drained = gevent.spawn(_drain, raw_chunks)  # the last event need not wait for it
+                    # the last event need not wait for the body's end
+                    self._drained = gevent.spawn(_drain, raw_chunks, self._response.close)
                     return
         except ServiceError:
             raise
-        except (httpx2.HTTPError, OSError, orjson.JSONDecodeError, openai.OpenAIError) as exc:
+        except (httpx2.HTTPError, h11.ProtocolError, OSError, orjson.JSONDecodeError, openai.OpenAIError) as exc:
             raise UpstreamFailed() from exc
         finally:
             self.close()
@@ -113,22 +119,32 @@ class UpstreamStream:
             self._response.close()
 
 
-def _drain(raw_chunks: Iterator[bytes]) -> None:
-    """Read the body's last bytes after ``[DONE]`` so the connection goes back to the pool for reuse (closing
-    a half-read response throws the connection away). No timeout here: an exception thrown into httpx while it
-    closes would strand the connection in its pool; the client's read timeout bounds a lingering server."""
+def _drain(raw_chunks: Iterator[bytes], close: Callable[[], None]) -> None:
+    """Read the body's last bytes after ``[DONE]``, then close the response: a fully read body puts the
+    connection back in the pool for reuse, a half-read one throws it away. No timeout here: an exception thrown
+    into httpx while it closes would strand the connection in its pool; the read timeout bounds a lingering
+    server."""
     try:
         for _ in raw_chunks:
             pass
-    except (httpx2.HTTPError, OSError):
+    except (httpx2.HTTPError, h11.ProtocolError, OSError):
         pass
+    finally:
+        close()
 
 
 class StreamingService:
-    """Opens upstream streams through one SDK client."""
+    """Opens upstream streams through the SDK, spreading them over a few clients.
 
-    def __init__(self, client: openai.OpenAI) -> None:
+    Each SDK client owns one httpx2 connection pool, and that pool does work proportional to its connections on
+    every request start and end; with thousands of open streams one pool costs more CPU than the streams
+    themselves, so ``POOLS`` clients (each its own pool) share the load round-robin.
+    """
+
+    def __init__(self, client: openai.OpenAI, *more_clients: openai.OpenAI) -> None:
         self.client = client
+        self.clients = (client, *more_clients)
+        self._next = itertools.cycle(self.clients).__next__
 
     def open(self, request: CompletionRequest) -> UpstreamStream:
         """Send the request and wait for the response headers; raise ``UpstreamUnavailable`` on failure.
@@ -138,7 +154,7 @@ class StreamingService:
         extra: dict[str, Any] = {}
         if request.max_tokens:
             extra["max_tokens"] = request.max_tokens
-        manager = self.client.chat.completions.with_streaming_response.create(
+        manager = self._next().chat.completions.with_streaming_response.create(
             model=request.model,
             messages=cast("list[ChatCompletionMessageParam]", request.messages),
             stream=True,
@@ -146,9 +162,11 @@ class StreamingService:
             **extra,
         )
         try:
-            return UpstreamStream(manager.__enter__())
+            response = manager.__enter__()
         except Exception as exc:
             raise map_open_error(exc) from exc
+        read_timeout = response.http_response.request.extensions.get("timeout", {}).get("read")
+        return UpstreamStream(response, read_timeout)
 
     def moderate(self, text: str) -> bool:
         """True when the provider's moderation endpoint flags ``text``."""

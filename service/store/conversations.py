@@ -5,15 +5,17 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import Table, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from service.store.database import Database
 from service.store.models import Conversation, Message, utcnow
 
 TITLE_CHARS = 80
+conversations = cast(Table, Conversation.__table__)
+messages = cast(Table, Message.__table__)
 
 
 @dataclass(frozen=True)
@@ -85,51 +87,59 @@ class ConversationStore:
         return self.database.transaction(work)
 
     def save_exchange(self, record: ExchangeRecord) -> None:
-        """Both messages in one transaction; creates the conversation on its first exchange."""
+        """Both messages in one transaction; creates the conversation on its first exchange.
+
+        Core statements, not ORM objects: this runs once per stream, and the unit of work cost more CPU than
+        relaying a short reply."""
 
         def work(session: Session) -> None:
-            conversation = session.get(Conversation, record.conversation_id)
             now = utcnow()
-            position = -1
-            if conversation is None:
-                title = " ".join(record.user_message.split())[:TITLE_CHARS] or "New conversation"
-                conversation = Conversation(
-                    id=record.conversation_id, user_id=record.user_id, title=title, created_at=now
-                )
-                session.add(conversation)
-                session.flush()
-            else:
+            touched = session.execute(
+                update(conversations).where(conversations.c.id == record.conversation_id).values(updated_at=now)
+            )
+            if touched.rowcount:  # type: ignore[attr-defined]
                 position = session.execute(
-                    select(func.coalesce(func.max(Message.position), -1)).where(
-                        Message.conversation_id == record.conversation_id
+                    select(func.coalesce(func.max(messages.c.position), -1)).where(
+                        messages.c.conversation_id == record.conversation_id
                     )
                 ).scalar_one()
-            conversation.updated_at = now
-            session.add(
-                Message(
-                    id=str(uuid.uuid4()),
-                    conversation_id=record.conversation_id,
-                    position=position + 1,
-                    role="user",
-                    content=record.user_message,
-                    status="complete",
-                    created_at=now,
+            else:
+                title = " ".join(record.user_message.split())[:TITLE_CHARS] or "New conversation"
+                session.execute(
+                    insert(conversations).values(
+                        id=record.conversation_id, user_id=record.user_id, title=title, created_at=now, updated_at=now
+                    )
                 )
-            )
-            session.add(
-                Message(
-                    id=record.reply_id,
-                    conversation_id=record.conversation_id,
-                    position=position + 2,
-                    role="assistant",
-                    content=record.reply,
-                    status=record.status,
-                    model=record.model,
-                    finish_reason=record.finish_reason,
-                    prompt_tokens=record.prompt_tokens,
-                    completion_tokens=record.completion_tokens,
-                    created_at=now,
-                )
+                position = -1
+            common = {"conversation_id": record.conversation_id, "created_at": now}
+            session.execute(
+                insert(messages),
+                [
+                    {
+                        **common,
+                        "id": str(uuid.uuid4()),
+                        "position": position + 1,
+                        "role": "user",
+                        "content": record.user_message,
+                        "status": "complete",
+                        "model": None,
+                        "finish_reason": None,
+                        "prompt_tokens": None,
+                        "completion_tokens": None,
+                    },
+                    {
+                        **common,
+                        "id": record.reply_id,
+                        "position": position + 2,
+                        "role": "assistant",
+                        "content": record.reply,
+                        "status": record.status,
+                        "model": record.model,
+                        "finish_reason": record.finish_reason,
+                        "prompt_tokens": record.prompt_tokens,
+                        "completion_tokens": record.completion_tokens,
+                    },
+                ],
             )
 
         self.database.transaction(work)
