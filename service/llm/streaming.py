@@ -11,14 +11,13 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import gevent
 import h11
 import httpx2
 import openai
 import orjson
-from openai.types.chat import ChatCompletionMessageParam
 
 from service.errors import ContentFiltered, ServiceError, UpstreamFailed
 from service.llm.body_reader import body_chunks
@@ -151,15 +150,18 @@ class StreamingService:
 
         Connection errors, 429 and 5xx are retried by the SDK before this returns or raises.
         """
-        extra: dict[str, Any] = {}
+        extra: dict[str, Any] = {"messages": request.messages}
         if request.max_tokens:
             extra["max_tokens"] = request.max_tokens
+        # The messages travel in ``extra_body`` (the SDK's documented pass-through) because the SDK's typed
+        # transform walks every message against its TypedDict annotations, ~0.5 ms a request here, to change
+        # nothing in plain role/content strings.
         manager = self._next().chat.completions.with_streaming_response.create(
             model=request.model,
-            messages=cast("list[ChatCompletionMessageParam]", request.messages),
+            messages=[],
             stream=True,
             stream_options={"include_usage": True},
-            **extra,
+            extra_body=extra,
         )
         try:
             response = manager.__enter__()
