@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Final
 
 import gevent
@@ -40,6 +40,7 @@ class LiveStream:
         self.finished_at = 0.0
         self.last_token_at = self.last_write_at = time.monotonic()
         self.pump: gevent.Greenlet[[], None] | None = None
+        self.on_done: list[Callable[[], None]] = []
 
     def start(self) -> None:
         self.pump = gevent.spawn(self._run)
@@ -53,6 +54,8 @@ class LiveStream:
         finally:
             self.done = True
             self.finished_at = time.monotonic()
+            for callback in self.on_done:
+                callback()
             for reader in self.readers:
                 reader.put(END)
 

@@ -1,8 +1,9 @@
-"""One timer greenlet per stream: heartbeat, idle timeout, longest stream, and the client's socket.
+"""One watchdog per stream: heartbeat, idle timeout, longest stream, and the client's socket.
 
 A WSGI generator learns of a gone client only when a write fails, and a silent model means no writes; so
 the watchdog waits on the client socket itself and stops the stream (closing the upstream request) the
 moment the peer hangs up. Nothing here runs per token: the pump only stamps ``last_token_at``.
+Stopping never blocks here: ``LiveStream.stop`` interrupts the pump from the hub.
 """
 
 from __future__ import annotations
@@ -11,14 +12,16 @@ import logging
 import socket
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import gevent
-from gevent.socket import wait_read
 
-from service.errors import Cancelled, IdleTimeout, StreamError
+from service.errors import Cancelled, IdleTimeout
 from service.live import LiveStream
 
 log = logging.getLogger(__name__)
+MIN_DELAY = 0.01
+STOPPING_DELAY = 0.25
 
 
 @dataclass(frozen=True)
@@ -42,50 +45,72 @@ def peer_closed(sock: socket.socket) -> bool | None:
         return True
 
 
-def watch(live: LiveStream, timing: Timing, client: socket.socket | None = None) -> None:
-    """Run until the stream is done; stop it on idle, on the time cap, or when ``client`` hangs up."""
-    started = time.monotonic()
-    while not live.done:
-        now = time.monotonic()
+class Watchdog:
+    """A timer and, for the stream's owner, a read watcher on the client socket: libev watchers whose
+    callbacks run in the hub, so a stream costs no extra greenlet (and no greenlet stack) for this."""
+
+    def __init__(self, live: LiveStream, timing: Timing, client: socket.socket | None = None) -> None:
+        self.live = live
+        self.timing = timing
+        self.started = time.monotonic()
+        self.loop = gevent.get_hub().loop
+        self.timer: Any = None
+        self.reader: Any = None
+        self.client = client
+        if client is not None:
+            self.reader = self.loop.io(client.fileno(), 1)
+            self.reader.start(self._on_readable)
+        live.on_done.append(self.close)
+        self._arm()
+
+    def _arm(self) -> None:
+        live, timing = self.live, self.timing
         deadline = min(
             live.last_write_at + timing.heartbeat,
             live.last_token_at + timing.idle_timeout,
-            started + timing.max_seconds,
+            self.started + timing.max_seconds,
         )
-        if client is not None:
-            try:
-                wait_read(client.fileno(), timeout=max(0.0, deadline - now), timeout_exc=_Tick)
-            except _Tick:
-                pass
-            except OSError:
-                client = None
-            else:
-                gone = peer_closed(client)
-                if gone is None:
-                    continue
-                client = None  # data or hang-up: either way, stop watching the socket
-                if gone:
-                    _stop(live, Cancelled("The client disconnected before the reply finished."))
-                    continue
-        else:
-            gevent.sleep(max(0.0, deadline - now))
+        delay = max(MIN_DELAY, deadline - time.monotonic())
+        if live.chat.stop_requested is not None:
+            delay = max(delay, STOPPING_DELAY)  # already ending: look again later rather than spin
+        if self.timer is not None:
+            self.timer.close()
+        self.timer = self.loop.timer(delay)
+        self.timer.start(self._on_timer)
+
+    def _on_timer(self) -> None:
+        live, timing = self.live, self.timing
         if live.done:
+            self.close()
             return
         now = time.monotonic()
         if now - live.last_token_at >= timing.idle_timeout:
-            _stop(live, IdleTimeout(f"The model sent nothing for {timing.idle_timeout:g} s."))
-        elif now - started >= timing.max_seconds:
-            _stop(live, IdleTimeout(f"The reply took longer than the {timing.max_seconds:g} s limit."))
+            live.stop(IdleTimeout(f"The model sent nothing for {timing.idle_timeout:g} s."))
+        elif now - self.started >= timing.max_seconds:
+            live.stop(IdleTimeout(f"The reply took longer than the {timing.max_seconds:g} s limit."))
         elif now - live.last_write_at >= timing.heartbeat:
             live.ping()
+        self._arm()
 
+    def _on_readable(self) -> None:
+        if self.client is None:
+            return
+        gone = peer_closed(self.client)
+        if gone is None:
+            return
+        self.release_client()  # data or hang-up: either way, stop watching the socket
+        if gone and self.live.stop(Cancelled("The client disconnected before the reply finished.")):
+            log.info("stream %s stopped: client gone", self.live.stream_id)
 
-def _stop(live: LiveStream, error: StreamError) -> bool:
-    """Stop and wait for the pump to save; if it is between reads (saving), look again shortly."""
-    if live.stop(error):
-        log.info("stream %s stopped: %s", live.stream_id, error.code)
-        live.wait()
-        return True
-    if not live.done:
-        gevent.sleep(0.05)
-    return live.done
+    def release_client(self) -> None:
+        """Stop watching the client socket: call before the server may close or reuse it."""
+        if self.reader is not None:
+            self.reader.close()
+            self.reader = None
+        self.client = None
+
+    def close(self) -> None:
+        self.release_client()
+        if self.timer is not None:
+            self.timer.close()
+            self.timer = None

@@ -6,7 +6,6 @@ import re
 import time
 from typing import Any
 
-import gevent
 from flask import Blueprint, Response, request
 
 from service.api.request_body import json_body
@@ -17,7 +16,7 @@ from service.errors import Cancelled, InvalidRequest, NotFound, RateLimited
 from service.extensions import Services, services
 from service.live import LiveStream
 from service.schemas import ChatRequestSchema, load
-from service.watchdog import watch
+from service.watchdog import Watchdog
 
 bp = Blueprint("chat", __name__, url_prefix="/api/v1/ai")
 _schema = ChatRequestSchema()
@@ -71,7 +70,7 @@ def chat_stream() -> Response:
     live = LiveStream(_open(found, user_id))
     found.streams.add(live)
     live.start()
-    gevent.spawn(watch, live, found.timing, request.environ.get("gunicorn.socket"))
+    watchdog = Watchdog(live, found.timing, request.environ.get("gunicorn.socket"))
     body = live.read()
 
     def owner_reader() -> Any:
@@ -79,6 +78,7 @@ def chat_stream() -> Response:
         try:
             yield from body
         finally:
+            watchdog.release_client()  # before gunicorn closes or reuses the socket
             if not live.done:
                 live.stop(Cancelled("The client disconnected before the reply finished."))
 
