@@ -39,19 +39,17 @@ class StreamingChatUser(FastHttpUser):
             if response.status_code != 200:
                 response.failure(f"status {response.status_code}")
                 return
-            buffer = b""
-            for chunk in response.iter_content(8192):
-                buffer += chunk
-                *lines, buffer = buffer.split(b"\n")
-                for line in lines:
-                    if line.startswith(b'data: {"type":"token"'):
-                        tokens += 1
-                        if not first_token_at:
-                            first_token_at = time.perf_counter()
-                    elif line.startswith(b'data: {"type":"done"'):
-                        ended = "done"
-                    elif line.startswith(b'data: {"type":"error"'):
-                        ended = "error"
+            # geventhttpclient's readline returns each line as soon as it arrives; read(n) would wait for n bytes
+            body = response._response
+            while line := body.readline(b"\n"):
+                if line.startswith(b'data: {"type":"token"'):
+                    tokens += 1
+                    if not first_token_at:
+                        first_token_at = time.perf_counter()
+                elif line.startswith(b'data: {"type":"done"'):
+                    ended = "done"
+                elif line.startswith(b'data: {"type":"error"'):
+                    ended = "error"
             response.success()
         total_ms = (time.perf_counter() - started) * 1000
         fire = self.environment.events.request.fire
