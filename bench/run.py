@@ -177,6 +177,7 @@ def measure(target: str, port: int, scenario: Scenario, workers: list[int]) -> d
         "ttft_p99": percentile(ttft, 0.99) * 1000,
         "full_p99": percentile(total, 0.99),
         "cpu_us_per_token": cpu / tokens * 1e6 if tokens and workers else float("nan"),
+        # meaningful with many streams open at once (S2, S4); with 1 or 50 it is mostly allocator warm-up
         "rss_kb_per_stream": (peak - rss_idle) / 1024 / open_streams if workers else float("nan"),
         "tokens_per_s": tokens / float(result["wall"]),  # type: ignore[arg-type]
     }
@@ -209,7 +210,8 @@ def main() -> None:
                     finally:
                         service.send_signal(signal.SIGTERM)
                         service.wait(30)
-                print_table(rows, chosen)
+                print(f"{scenario.name} done", file=sys.stderr, flush=True)
+        print_table(rows, chosen)
     finally:
         upstream.terminate()
         upstream.wait()
