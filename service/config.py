@@ -64,7 +64,6 @@ class Settings:
     history_messages: int = 20
     blocked_terms: tuple[str, ...] = ()
     moderation: bool = False
-    local_model: bool = False
     local_model_url: str | None = None
 
     @property
@@ -123,7 +122,6 @@ class Settings:
             history_messages=reader.integer("HISTORY_MESSAGES", 20, minimum=0),
             blocked_terms=reader.items("BLOCKED_TERMS"),
             moderation=reader.switch("MODERATION"),
-            local_model=local,
             local_model_url=reader.optional("LOCAL_MODEL_URL"),
         )
         parse_rate("TOKEN_BUDGET", settings.token_budget)

@@ -67,6 +67,19 @@ class StreamSlots(Protocol):
     def open_count(self) -> int: ...
 
 
+def _once(action: Callable[[], None]) -> Callable[[], None]:
+    """A slot's release: a stream has several ways out, and each may call it, but it must count once."""
+    done = False
+
+    def run() -> None:
+        nonlocal done
+        if not done:
+            done = True
+            action()
+
+    return run
+
+
 class MemoryStreamSlots:
     """One process's count: right for one worker; use Redis when several workers or hosts share users."""
 
@@ -78,20 +91,14 @@ class MemoryStreamSlots:
         if self.counts.get(user_id, 0) >= self.maximum:
             return None
         self.counts[user_id] = self.counts.get(user_id, 0) + 1
-        released = False
+        return _once(lambda: self._release(user_id))
 
-        def release() -> None:
-            nonlocal released
-            if released:
-                return
-            released = True
-            left = self.counts[user_id] - 1
-            if left:
-                self.counts[user_id] = left
-            else:
-                del self.counts[user_id]
-
-        return release
+    def _release(self, user_id: str) -> None:
+        left = self.counts[user_id] - 1
+        if left:
+            self.counts[user_id] = left
+        else:
+            del self.counts[user_id]
 
     def open_count(self) -> int:
         return sum(self.counts.values())
@@ -127,17 +134,11 @@ class RedisStreamSlots:
         if not self.script(keys=[key], args=args):
             return None
         self.local_open += 1
-        released = False
+        return _once(lambda: self._release(key, token))
 
-        def release() -> None:
-            nonlocal released
-            if released:
-                return
-            released = True
-            self.local_open -= 1
-            self.client.zrem(key, token)
-
-        return release
+    def _release(self, key: str, token: str) -> None:
+        self.local_open -= 1
+        self.client.zrem(key, token)
 
     def open_count(self) -> int:
         return self.local_open

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from flask import Blueprint, Response, request
@@ -56,9 +57,10 @@ def _open(found: Services, user_id: str) -> ChatStream:
     return chat
 
 
-def _streaming_response(live: LiveStream, after: int) -> Response:
-    response = Response(live.read(after), headers=STREAM_HEADERS, direct_passthrough=True)
-    response.headers["Content-Type"] = STREAM_HEADERS["Content-Type"]
+def _event_stream(body: Iterator[bytes]) -> Response:
+    """The SSE response: each yielded buffer is written and flushed by gunicorn as it comes."""
+    response = Response(body, headers=STREAM_HEADERS, direct_passthrough=True)
+    response.headers["Content-Type"] = STREAM_HEADERS["Content-Type"]  # not Flask's default text/html
     return response
 
 
@@ -73,7 +75,7 @@ def chat_stream() -> Response:
     watchdog = Watchdog(live, found.timing, request.environ.get("gunicorn.socket"))
     body = live.read()
 
-    def owner_reader() -> Any:
+    def owner_reader() -> Iterator[bytes]:
         """The POST's reader: when it goes, the stream goes (upstream request included)."""
         try:
             yield from body
@@ -82,9 +84,7 @@ def chat_stream() -> Response:
             if not live.done:
                 live.stop(Cancelled("The client disconnected before the reply finished."))
 
-    response = Response(owner_reader(), headers=STREAM_HEADERS, direct_passthrough=True)
-    response.headers["Content-Type"] = STREAM_HEADERS["Content-Type"]
-    return response
+    return _event_stream(owner_reader())
 
 
 @bp.get("/chat/stream/<stream_id>")
@@ -104,7 +104,7 @@ def resume_stream(stream_id: str) -> Response:
     live = found.streams.get(stream_id, user_id)
     if live is None:
         raise NotFound("No such stream.")
-    return _streaming_response(live, after)
+    return _event_stream(live.read(after))
 
 
 @bp.delete("/chat/stream/<stream_id>")

@@ -144,6 +144,9 @@ class StreamingService:
         self.client = client
         self.clients = (client, *more_clients)
         self._next = itertools.cycle(self.clients).__next__
+        # The SDK caches its platform headers on first use, and computing them runs `uname -p` in a subprocess:
+        # warm it now, or a worker's first burst of requests forks once per concurrent request.
+        client.platform_headers()
 
     def open(self, request: CompletionRequest) -> UpstreamStream:
         """Send the request and wait for the response headers; raise ``UpstreamUnavailable`` on failure.
