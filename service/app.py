@@ -15,10 +15,11 @@ from service.chat.service import ChatService
 from service.config import Settings, default_database_url
 from service.extensions import KEY, Services
 from service.limits import TokenBudget, build_request_limiter, build_stream_slots
-from service.live import StreamRegistry, end_streams_on_sigterm
+from service.live import CancelRelay, StreamRegistry, end_streams_on_sigterm
 from service.llm.providers import build_clients
 from service.llm.streaming import StreamingService
 from service.metrics import Metrics, upstream_connections_in_use, upstream_pool_size
+from service.shared_streams import SharedStreams
 from service.store.conversations import ConversationStore
 from service.store.database import Database
 from service.watchdog import Timing
@@ -49,10 +50,14 @@ def build_app(overrides: Mapping[str, Any] | None = None, settings: Settings | N
         slots=build_stream_slots(settings),
         budget=TokenBudget(settings),
         metrics=Metrics(),
+        shared=SharedStreams(settings.redis_url) if settings.redis_url else None,
     )
     _register_gauges(app.extensions[KEY])
     if _gevent_worker():
-        end_streams_on_sigterm(app.extensions[KEY].streams)
+        found: Services = app.extensions[KEY]
+        end_streams_on_sigterm(found.streams)
+        if found.shared is not None:
+            found.shared.listen_for_cancels(CancelRelay(found.streams))
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
     for blueprint in (chat.bp, conversations.bp, health.bp, pages.bp):

@@ -12,6 +12,7 @@ from service.config import Settings
 from service.limits import StreamSlots, TokenBudget
 from service.live import StreamRegistry
 from service.metrics import Metrics
+from service.shared_streams import SharedStreams
 from service.store.conversations import ConversationStore
 from service.store.database import Database
 from service.watchdog import Timing
@@ -31,6 +32,7 @@ class Services:
     slots: StreamSlots
     budget: TokenBudget
     metrics: Metrics
+    shared: SharedStreams | None  # streams visible from any host (REDIS_URL), else None
 
 
 def services() -> Services:

@@ -19,7 +19,8 @@ from gevent.queue import SimpleQueue
 
 from service.api.sse import PING, encode_batch, event_prefix, retry_field
 from service.chat.service import ChatStream
-from service.errors import ServerShutdown, StreamError
+from service.errors import Cancelled, ServerShutdown, StreamError
+from service.shared_streams import StreamMirror, split_after
 
 log = logging.getLogger(__name__)
 END: Final = b""
@@ -28,8 +29,9 @@ END: Final = b""
 class LiveStream:
     """The shared state of one running (or recently finished) stream."""
 
-    def __init__(self, chat: ChatStream) -> None:
+    def __init__(self, chat: ChatStream, mirror: StreamMirror | None = None) -> None:
         self.chat = chat
+        self.mirror = mirror  # set when streams are shared across hosts (Redis)
         self.stream_id = chat.metadata.stream_id
         self.user_id = chat.request.user_id
         self.batches: list[bytes] = []
@@ -56,10 +58,14 @@ class LiveStream:
             self.finished_at = time.monotonic()
             for callback in self.on_done:
                 callback()
+            if self.mirror is not None:
+                self.mirror.close()
             for reader in self.readers:
                 reader.put(END)
 
     def _publish(self, data: bytes, count: int) -> None:
+        if self.mirror is not None:
+            self.mirror.publish(self.next_sequence, data)
         self.batches.append(data)
         self.first_sequences.append(self.next_sequence)
         self.next_sequence += count
@@ -130,14 +136,9 @@ class LiveStream:
 
     def _backlog(self, after: int) -> bytes:
         """Events after ``after``: whole batches, and the tail of the batch that ``after`` falls in."""
-        parts: list[bytes] = []
-        for first, data in zip(self.first_sequences, self.batches, strict=True):
-            if first > after:
-                parts.append(data)
-                continue
-            events = data.split(b"\n\n")[:-1]
-            parts.extend(event + b"\n\n" for offset, event in enumerate(events) if first + offset > after)
-        return b"".join(parts)
+        return b"".join(
+            split_after(first, data, after) for first, data in zip(self.first_sequences, self.batches, strict=True)
+        )
 
 
 def _log_death(greenlet: gevent.Greenlet[[], None]) -> None:
@@ -191,3 +192,15 @@ def end_streams_on_sigterm(registry: StreamRegistry) -> None:
 def _end_all(registry: StreamRegistry) -> None:
     for live in registry.running():
         live.stop(ServerShutdown())
+
+
+class CancelRelay:
+    """Cancels published by any host stop the stream here if this worker runs it."""
+
+    def __init__(self, registry: StreamRegistry) -> None:
+        self.registry = registry
+
+    def __call__(self, stream_id: str) -> None:
+        live = self.registry.streams.get(stream_id)
+        if live is not None:
+            live.stop(Cancelled())

@@ -69,7 +69,9 @@ def chat_stream() -> Response:
     """Stream a reply as Server-Sent Events (WIRE.md)."""
     found = services()
     user_id = current_user(found.auth)
-    live = LiveStream(_open(found, user_id))
+    chat = _open(found, user_id)
+    mirror = found.shared.mirror(chat.metadata.stream_id, user_id) if found.shared else None
+    live = LiveStream(chat, mirror)
     found.streams.add(live)
     live.start()
     watchdog = Watchdog(live, found.timing, request.environ.get("gunicorn.socket"))
@@ -102,9 +104,11 @@ def resume_stream(stream_id: str) -> Response:
             )
         after = int(match["sequence"])
     live = found.streams.get(stream_id, user_id)
-    if live is None:
-        raise NotFound("No such stream.")
-    return _event_stream(live.read(after))
+    if live is not None:
+        return _event_stream(live.read(after))
+    if found.shared is not None and found.shared.owned_by(stream_id, user_id):  # running on another host
+        return _event_stream(found.shared.read(stream_id, after, found.settings.heartbeat_seconds))
+    raise NotFound("No such stream.")
 
 
 @bp.delete("/chat/stream/<stream_id>")
@@ -113,11 +117,14 @@ def cancel_stream(stream_id: str) -> tuple[str, int]:
     found = services()
     user_id = current_user(found.auth)
     live = found.streams.get(stream_id, user_id)
-    if live is None:
-        raise NotFound("No such stream.")
-    if live.stop(Cancelled()):
-        live.wait(5)
-    return "", 204
+    if live is not None:
+        if live.stop(Cancelled()):
+            live.wait(5)
+        return "", 204
+    if found.shared is not None and found.shared.owned_by(stream_id, user_id):  # running on another host
+        found.shared.cancel(stream_id)
+        return "", 204
+    raise NotFound("No such stream.")
 
 
 @bp.post("/chat")

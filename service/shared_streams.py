@@ -1,0 +1,127 @@
+"""Streams shared across hosts through Redis: replay and follow from any host, cancel from any host.
+
+The host that runs a stream mirrors its framed batches into a Redis stream (``XADD``), flushed at most every
+``FLUSH_SECONDS`` — never a Redis call per token. Another host answers ``GET /stream/<id>`` with
+``Last-Event-ID`` from there (``XRANGE`` then ``XREAD BLOCK``), and ``DELETE`` publishes a cancel that the
+running host acts on. Keys expire ``RETENTION_SECONDS`` after the stream's last write.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import gevent
+import redis
+
+from service.api.sse import PING, retry_field
+
+log = logging.getLogger(__name__)
+FLUSH_SECONDS = 0.1
+RETENTION_SECONDS = 300
+BLOCK_MS = 15_000
+PREFIX = "chat-gateway:stream:"
+CANCEL_CHANNEL = "chat-gateway:cancel"
+
+
+def split_after(first: int, data: bytes, after: int) -> bytes:
+    """The events of one framed batch (numbered from ``first``) whose number is above ``after``."""
+    if first > after:
+        return data
+    events = data.split(b"\n\n")[:-1]
+    return b"".join(event + b"\n\n" for offset, event in enumerate(events) if first + offset > after)
+
+
+class StreamMirror:
+    """One stream's writer: batches collect in memory and go to Redis in one ``XADD`` per flush."""
+
+    def __init__(self, client: Any, stream_id: str, user_id: str) -> None:
+        self.client = client
+        self.key = PREFIX + stream_id
+        self.pending: list[tuple[int, bytes]] = []
+        self.flusher: gevent.Greenlet[[], None] | None = None
+        client.set(self.key + ":owner", user_id, ex=RETENTION_SECONDS)
+
+    def publish(self, first: int, data: bytes) -> None:
+        self.pending.append((first, data))
+        if self.flusher is None:
+            self.flusher = gevent.spawn_later(FLUSH_SECONDS, self._flush)
+
+    def _flush(self, end: bool = False) -> None:
+        self.flusher = None
+        pending, self.pending = self.pending, []
+        if not pending and not end:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        if pending:
+            pipe.xadd(self.key, {"first": pending[0][0], "data": b"".join(data for _, data in pending)})
+        if end:
+            pipe.xadd(self.key, {"end": 1})
+        pipe.expire(self.key, RETENTION_SECONDS)
+        pipe.expire(self.key + ":owner", RETENTION_SECONDS)
+        try:
+            pipe.execute()
+        except redis.RedisError:
+            log.exception("could not mirror stream %s to Redis", self.key)
+
+    def close(self) -> None:
+        """The stream ended: write what is left and the end mark."""
+        if self.flusher is not None:
+            self.flusher.kill(block=False)
+        self._flush(end=True)
+
+
+class SharedStreams:
+    def __init__(self, url: str) -> None:
+        self.client: Any = redis.Redis.from_url(url)  # redis-py's own types are too loose to check replies
+
+    def mirror(self, stream_id: str, user_id: str) -> StreamMirror:
+        return StreamMirror(self.client, stream_id, user_id)
+
+    def owned_by(self, stream_id: str, user_id: str) -> bool:
+        owner = self.client.get(PREFIX + stream_id + ":owner")
+        return owner is not None and owner.decode() == user_id
+
+    def read(self, stream_id: str, after: int, heartbeat: float) -> Iterator[bytes]:
+        """Replay from Redis, then follow until the end mark; ``: ping`` while the stream is quiet."""
+        key = PREFIX + stream_id
+        yield retry_field()
+        last_id = "0-0"
+        block = int(min(heartbeat * 1000, BLOCK_MS))
+        while True:
+            found = self.client.xread({key: last_id}, block=block, count=100)
+            if not found:
+                if not self.client.exists(key):
+                    return
+                yield PING
+                continue
+            for entry_id, fields in found[0][1]:
+                last_id = entry_id
+                if b"end" in fields:
+                    return
+                part = split_after(int(fields[b"first"]), fields[b"data"], after)
+                if part:
+                    yield part
+
+    def cancel(self, stream_id: str) -> None:
+        self.client.publish(CANCEL_CHANNEL, stream_id)
+
+    def listen_for_cancels(self, on_cancel: Callable[[str], None]) -> gevent.Greenlet[[], None]:
+        """One greenlet per worker: every cancel published by any host reaches the host running the stream."""
+
+        def listen() -> None:
+            while True:
+                pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+                try:
+                    pubsub.subscribe(CANCEL_CHANNEL)
+                    for message in pubsub.listen():
+                        if message["type"] == "message":
+                            on_cancel(message["data"].decode())
+                except redis.RedisError:
+                    log.warning("cancel listener lost Redis; reconnecting", exc_info=True)
+                    gevent.sleep(1)
+                finally:
+                    pubsub.close()
+
+        return gevent.spawn(listen)

@@ -1,0 +1,81 @@
+"""Two hosts (two gunicorn servers) sharing Redis and the database: a stream started on one is resumed and
+cancelled through the other, as a load balancer would route a reconnecting client."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import ServerFactory
+from tests.fake_upstream import FakeUpstream
+from tests.servers import GunicornServer
+
+STREAM = "/api/v1/ai/chat/stream"
+POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+@pytest.fixture
+def hosts(server_factory: ServerFactory, tmp_path: Path) -> tuple[GunicornServer, GunicornServer]:
+    env = {"REDIS_URL": "redis://127.0.0.1:6379/0", "DATABASE_URL": POSTGRES_URL, "HEARTBEAT_SECONDS": "1"}
+    return server_factory(**env), server_factory(**env)
+
+
+def ids_and_types(lines: list[str]) -> list[tuple[str, str]]:
+    found, event_id = [], ""
+    for line in lines:
+        if line.startswith("id:"):
+            event_id = line.split()[1]
+        elif line.startswith("data:"):
+            found.append((event_id, line.split('"type":"')[1].split('"')[0]))
+    return found
+
+
+def test_resume_on_another_host_replays_then_follows(hosts: tuple[GunicornServer, GunicornServer]) -> None:
+    first, second = hosts
+    message = f"cross host {uuid.uuid4()} #tokens=12 #delay=0.15"
+    with httpx.Client(timeout=30) as client, client.stream("POST", first.url + STREAM, json={"message": message}) as r:
+        lines = r.iter_lines()
+        seen = []
+        for line in lines:
+            if line.startswith("id:"):
+                seen.append(line.split()[1])
+            if len(seen) == 4:
+                break
+        stream_id = seen[0].split(":")[0]
+        time.sleep(0.3)  # let the running host mirror what it has sent
+        headers = {"Last-Event-ID": seen[2]}
+        with client.stream("GET", f"{second.url}{STREAM}/{stream_id}", headers=headers) as resumed:
+            assert resumed.status_code == 200
+            assert resumed.headers["content-type"] == "text/event-stream; charset=utf-8"
+            events = ids_and_types(list(resumed.iter_lines()))
+    assert [event_id for event_id, _ in events] == [f"{stream_id}:{n}" for n in range(3, 14)]
+    assert [kind for _, kind in events][-1] == "done"
+    assert [kind for _, kind in events].count("token") == 10
+
+
+def test_cancel_through_another_host_stops_the_stream(
+    hosts: tuple[GunicornServer, GunicornServer], upstream: FakeUpstream
+) -> None:
+    first, second = hosts
+    marker = f"cancel across {uuid.uuid4()}"
+    with (
+        httpx.Client(timeout=30) as client,
+        client.stream("POST", first.url + STREAM, json={"message": f"{marker} #tokens=100 #delay=0.1"}) as r,
+    ):
+        lines = r.iter_lines()
+        stream_id = next(line for line in lines if line.startswith("id:")).split()[1].split(":")[0]
+        time.sleep(0.3)
+        assert httpx.delete(f"{second.url}{STREAM}/{stream_id}").status_code == 204
+        rest = list(lines)
+    assert any('"code":"cancelled"' in line for line in rest)
+    assert upstream.connection_for(marker).closed_at is not None
+
+
+def test_another_users_stream_is_not_found_on_any_host(hosts: tuple[GunicornServer, GunicornServer]) -> None:
+    _, second = hosts
+    assert httpx.get(f"{second.url}{STREAM}/{uuid.uuid4().hex}").status_code == 404
+    assert httpx.delete(f"{second.url}{STREAM}/{uuid.uuid4().hex}").status_code == 404
