@@ -7,6 +7,10 @@ SDK's default of 1,000 connections would queue streams beyond it.
 
 from __future__ import annotations
 
+import select
+import types
+
+import httpcore2._utils as httpcore2_utils
 import httpx2
 import openai
 
@@ -49,4 +53,21 @@ def build_client(settings: Settings) -> openai.OpenAI:
 
 
 def build_clients(settings: Settings, count: int = POOLS) -> list[openai.OpenAI]:
+    use_real_poll_for_idle_checks()
     return [build_client(settings) for _ in range(count)]
+
+
+def use_real_poll_for_idle_checks() -> None:
+    """httpcore probes every idle pooled connection with a zero-timeout ``select.poll()`` on each request start and
+    end (has the server closed it?). Under gevent that poll is emulated through the hub; a zero-timeout poll never
+    blocks, so the real ``poll(2)`` gives the same answer for a fraction of the CPU (see bench/README.md)."""
+    from gevent import monkey
+
+    if not monkey.is_module_patched("select"):
+        return
+    real_select = types.SimpleNamespace(
+        poll=monkey.get_original("select", "poll"),
+        select=monkey.get_original("select", "select"),
+        POLLIN=select.POLLIN,
+    )
+    setattr(httpcore2_utils, "select", real_select)  # noqa: B010 - replacing one module global on purpose
