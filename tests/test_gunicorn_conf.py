@@ -1,0 +1,56 @@
+"""gunicorn.conf.py: everything from the environment, the gevent worker, and GUNICORN_CMD_ARGS still wins."""
+
+from __future__ import annotations
+
+import runpy
+import time
+
+import pytest
+
+from tests.conftest import ServerFactory
+from tests.servers import ROOT
+
+
+def settings_for(monkeypatch: pytest.MonkeyPatch, **env: str) -> dict[str, object]:
+    for name in ("GUNICORN_BIND", "WEB_CONCURRENCY", "GUNICORN_WORKER_CONNECTIONS", "GUNICORN_TIMEOUT", "LOG_LEVEL"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return runpy.run_path(str(ROOT / "gunicorn.conf.py"))
+
+
+def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    conf = settings_for(monkeypatch, PORT="8123")
+    assert conf["worker_class"] == "gevent"
+    assert conf["bind"] == "127.0.0.1:8123"
+    assert int(conf["worker_connections"]) >= 2000  # type: ignore[call-overload]
+    assert conf["preload_app"] is False
+
+
+def test_everything_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    conf = settings_for(
+        monkeypatch,
+        GUNICORN_BIND="0.0.0.0:9000",
+        WEB_CONCURRENCY="4",
+        GUNICORN_WORKER_CONNECTIONS="5000",
+        GUNICORN_TIMEOUT="45",
+        LOG_LEVEL="DEBUG",
+    )
+    assert (conf["bind"], conf["workers"], conf["worker_connections"], conf["timeout"], conf["loglevel"]) == (
+        "0.0.0.0:9000",
+        4,
+        5000,
+        45,
+        "debug",
+    )
+
+
+def test_a_bad_number_fails_loudly(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(SystemExit, match="WEB_CONCURRENCY"):
+        settings_for(monkeypatch, WEB_CONCURRENCY="many")
+
+
+def test_gunicorn_cmd_args_override_the_file(server_factory: ServerFactory) -> None:
+    server = server_factory(workers=1, GUNICORN_CMD_ARGS="--workers 3")
+    time.sleep(1)
+    assert len(server.worker_pids()) == 3
