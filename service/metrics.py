@@ -24,17 +24,20 @@ def _count_fds() -> float:
         return float("nan")
 
 
+def _pool_connections(client: Any) -> list[Any]:
+    """The connections of an httpx2 client's pool (an internal, read only for metrics)."""
+    pool = getattr(getattr(client, "_transport", None), "_pool", None)
+    return list(getattr(pool, "connections", []))
+
+
 def upstream_pool_size(client: Any) -> float:
     """Connections the SDK's HTTP pool holds, idle keep-alives included."""
-    pool = getattr(getattr(client, "_transport", None), "_pool", None)
-    return float(len(getattr(pool, "connections", [])))
+    return float(len(_pool_connections(client)))
 
 
 def upstream_connections_in_use(client: Any) -> float:
     """Connections of the SDK's HTTP pool that carry a request now (idle keep-alives excluded)."""
-    pool = getattr(getattr(client, "_transport", None), "_pool", None)
-    connections = getattr(pool, "connections", [])
-    return float(sum(1 for item in connections if not item.is_idle() and not item.is_closed()))
+    return float(sum(1 for item in _pool_connections(client) if not item.is_idle() and not item.is_closed()))
 
 
 class Metrics:

@@ -26,9 +26,20 @@ _EVENT_STREAM = {
 
 
 def _errors(*codes: str) -> dict[str, Any]:
-    return {
-        code: {"description": _ERRORS[code], "content": {"application/json": {"schema": "Error"}}} for code in codes
-    }
+    return {code: _json(_ERRORS[code], "Error") for code in codes}
+
+
+def _json(description: str, schema: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _path_parameter(name: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def _secured(summary: str, responses: dict[str, Any], **more: Any) -> dict[str, Any]:
+    """An operation that takes the bearer token (when auth is configured)."""
+    return {"summary": summary, "security": [{"bearer": []}], "responses": responses, **more}
 
 
 def build_spec() -> dict[str, Any]:
@@ -51,96 +62,55 @@ def build_spec() -> dict[str, Any]:
         spec.components.schema(name, schema=schema)
     body = {"required": True, "content": {"application/json": {"schema": "ChatRequest"}}}
     all_errors = _errors("400", "401", "404", "413", "415", "429", "503")
-    secured: list[dict[str, list[str]]] = [{"bearer": []}]
-    spec.path(
-        path="/api/v1/ai/chat/stream",
-        operations={
-            "post": {
-                "summary": "Stream a reply",
-                "requestBody": body,
-                "security": secured,
-                "responses": {"200": _EVENT_STREAM, **all_errors},
-            }
-        },
-    )
-    stream_id = {"name": "streamId", "in": "path", "required": True, "schema": {"type": "string"}}
+    stream_id, conversation_id = _path_parameter("streamId"), _path_parameter("conversationId")
     last_event = {"name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "string"}}
-    spec.path(
-        path="/api/v1/ai/chat/stream/{streamId}",
-        operations={
-            "get": {
-                "summary": "Resume a stream after Last-Event-ID",
-                "parameters": [stream_id, last_event],
-                "security": secured,
-                "responses": {"200": _EVENT_STREAM, **_errors("400", "401", "404")},
-            },
-            "delete": {
-                "summary": "Cancel a stream",
-                "parameters": [stream_id],
-                "security": secured,
-                "responses": {"204": {"description": "cancelled"}, **_errors("401", "404")},
-            },
+    page = [{"name": name, "in": "query", "schema": {"type": "integer"}} for name in ("limit", "offset")]
+    operations: dict[str, dict[str, Any]] = {
+        "/api/v1/ai/chat/stream": {
+            "post": _secured("Stream a reply", {"200": _EVENT_STREAM, **all_errors}, requestBody=body),
         },
-    )
-    spec.path(
-        path="/api/v1/ai/chat",
-        operations={
-            "post": {
-                "summary": "The whole reply as one JSON body (non-streaming fallback)",
-                "requestBody": body,
-                "security": secured,
-                "responses": {
-                    "200": {"description": "the reply", "content": {"application/json": {"schema": "ChatResponse"}}},
-                    **all_errors,
-                },
-            }
+        "/api/v1/ai/chat/stream/{streamId}": {
+            "get": _secured(
+                "Resume a stream after Last-Event-ID",
+                {"200": _EVENT_STREAM, **_errors("400", "401", "404")},
+                parameters=[stream_id, last_event],
+            ),
+            "delete": _secured(
+                "Cancel a stream",
+                {"204": {"description": "cancelled"}, **_errors("401", "404")},
+                parameters=[stream_id],
+            ),
         },
-    )
-    conversation_id = {"name": "conversationId", "in": "path", "required": True, "schema": {"type": "string"}}
-    spec.path(
-        path="/api/v1/ai/conversations",
-        operations={
-            "get": {
-                "summary": "The caller's conversations, newest first",
-                "security": secured,
-                "parameters": [
-                    {"name": "limit", "in": "query", "schema": {"type": "integer"}},
-                    {"name": "offset", "in": "query", "schema": {"type": "integer"}},
-                ],
-                "responses": {
-                    "200": {
-                        "description": "conversations",
-                        "content": {"application/json": {"schema": "ConversationList"}},
-                    },
-                    **_errors("400", "401"),
-                },
-            }
+        "/api/v1/ai/chat": {
+            "post": _secured(
+                "The whole reply as one JSON body (non-streaming fallback)",
+                {"200": _json("the reply", "ChatResponse"), **all_errors},
+                requestBody=body,
+            ),
         },
-    )
-    spec.path(
-        path="/api/v1/ai/conversations/{conversationId}",
-        operations={
-            "get": {
-                "summary": "One conversation with its messages, oldest first",
-                "parameters": [conversation_id],
-                "security": secured,
-                "responses": {
-                    "200": {
-                        "description": "the conversation",
-                        "content": {"application/json": {"schema": "ConversationDetail"}},
-                    },
-                    **_errors("401", "404"),
-                },
-            },
-            "delete": {
-                "summary": "Delete a conversation",
-                "parameters": [conversation_id],
-                "security": secured,
-                "responses": {"204": {"description": "deleted"}, **_errors("401", "404")},
-            },
+        "/api/v1/ai/conversations": {
+            "get": _secured(
+                "The caller's conversations, newest first",
+                {"200": _json("conversations", "ConversationList"), **_errors("400", "401")},
+                parameters=page,
+            ),
         },
-    )
+        "/api/v1/ai/conversations/{conversationId}": {
+            "get": _secured(
+                "One conversation with its messages, oldest first",
+                {"200": _json("the conversation", "ConversationDetail"), **_errors("401", "404")},
+                parameters=[conversation_id],
+            ),
+            "delete": _secured(
+                "Delete a conversation",
+                {"204": {"description": "deleted"}, **_errors("401", "404")},
+                parameters=[conversation_id],
+            ),
+        },
+    }
     for path, summary in (("/healthz", "Process up"), ("/readyz", "Dependencies usable"), ("/metrics", "Prometheus")):
-        spec.path(path=path, operations={"get": {"summary": summary, "responses": {"200": {"description": "ok"}}}})
+        operations[path] = {"get": {"summary": summary, "responses": {"200": {"description": "ok"}}}}
+    for path, path_operations in operations.items():
+        spec.path(path=path, operations=path_operations)
     document: dict[str, Any] = spec.to_dict()
     return document

@@ -29,13 +29,6 @@ def map_open_error(exc: Exception) -> ServiceError:
     return UpstreamUnavailable("The model service sent something unexpected.")
 
 
-def map_stream_error(exc: Exception) -> ServiceError:
-    """An error raised after tokens began to flow."""
-    if isinstance(exc, ServiceError):
-        return exc
-    return UpstreamFailed()
-
-
 def map_error_payload(error: object) -> ServiceError:
     """An ``{"error": {...}}`` object the upstream sent inside its stream."""
     code = error.get("code") if isinstance(error, dict) else None
