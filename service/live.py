@@ -1,9 +1,12 @@
-"""Live streams: one producer greenlet per chat turn, any number of readers, replay by event id.
+"""Live streams: run in the connection that asked for them, followed by any number of other readers.
 
-The producer ("pump") runs ``ChatStream.events()``, frames each batch once, appends it to the stream's
-replay buffer and hands it to every reader's queue. The POST that started the stream is simply the first
-reader; ``GET /stream/<id>`` with ``Last-Event-ID`` is another, from any point. Reading from a queue (not
-from the upstream socket) is what lets a reader's connection send ``: ping`` while the model is silent.
+The POST that starts a stream runs it in its own greenlet (gunicorn's connection greenlet): ``run()`` pulls
+``ChatStream.events()``, frames each batch once and writes it, and hands it to every other reader's queue.
+No second greenlet (and no greenlet stack) per stream. ``GET /stream/<id>`` with ``Last-Event-ID`` is another
+reader, from any point: its backlog is re-framed from the reply's parts, so a stream keeps no copy of its bytes.
+
+While the model is silent the owner is blocked on the upstream socket; a heartbeat throws ``WakeUp`` into that
+read (the only place it is thrown), which returns an empty batch that goes out as ``: ping``.
 """
 
 from __future__ import annotations
@@ -11,81 +14,117 @@ from __future__ import annotations
 import logging
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any, Final
 
 import gevent
+from gevent.event import Event as Signal
 from gevent.queue import SimpleQueue
 
-from service.api.sse import PING, encode_batch, event_prefix, retry_field
+from service.api.sse import PING, encode_batch, encode_event, event_prefix, retry_field
+from service.chat.events import Token
 from service.chat.service import ChatStream
 from service.errors import Cancelled, ServerShutdown, StreamError
-from service.shared_streams import StreamMirror, split_after
+from service.llm.body_reader import WakeUp
+from service.shared_streams import StreamMirror
 
 log = logging.getLogger(__name__)
 END: Final = b""
+CLIENT_GONE = "The client disconnected before the reply finished."
 
 
 class LiveStream:
-    """The shared state of one running (or recently finished) stream."""
+    """The shared state of one running (or recently finished) stream.
+
+    Sequence numbers: 0 is the metadata, 1..n the reply's n tokens (``chat.parts``), n + 1 the last event.
+    Build it in the greenlet that will iterate ``owner_body()``: that greenlet runs the stream.
+    """
 
     def __init__(self, chat: ChatStream, mirror: StreamMirror | None = None) -> None:
         self.chat = chat
         self.mirror = mirror  # set when streams are shared across hosts (Redis)
         self.stream_id = chat.metadata.stream_id
         self.user_id = chat.request.user_id
-        self.batches: list[bytes] = []
-        self.first_sequences: list[int] = []
+        self.prefix = event_prefix(self.stream_id)
         self.next_sequence = 0
         self.readers: list[SimpleQueue[bytes]] = []
         self.done = False
         self.finished_at = 0.0
         self.last_token_at = self.last_write_at = time.monotonic()
-        self.pump: gevent.Greenlet[[], None] | None = None
+        self.owner = gevent.getcurrent()
         self.on_done: list[Callable[[], None]] = []
 
-    def start(self) -> None:
-        self.pump = gevent.spawn(self._run)
-        self.pump.link_exception(_log_death)
+    def owner_body(self, on_close: Callable[[], None]) -> OwnerBody:
+        return OwnerBody(self, on_close)
 
-    def _run(self) -> None:
-        prefix = event_prefix(self.stream_id)
+    def run(self) -> Generator[bytes, None, None]:
+        """The owner's body: the ``retry`` field, each batch as it is ready, ``: ping`` while the model is silent."""
+        events = self.chat.events()
         try:
-            for events in self.chat.events():
-                self._publish(encode_batch(prefix, self.next_sequence, events), len(events))
+            yield retry_field()
+            for batch in events:
+                if batch:
+                    data = encode_batch(self.prefix, self.next_sequence, batch)
+                    self._publish(data, len(batch))
+                else:  # woken by the heartbeat
+                    data = PING
+                    self._ping_readers()
+                yield data
         finally:
-            self.done = True
-            self.finished_at = time.monotonic()
-            for callback in self.on_done:
-                callback()
-            if self.mirror is not None:
-                self.mirror.close()
-            for reader in self.readers:
-                reader.put(END)
+            events.close()  # a stream cut short is finished here: upstream closed, partial reply saved
+            self.end()
 
     def _publish(self, data: bytes, count: int) -> None:
+        for reader in self.readers:  # before anything that could yield to another greenlet
+            reader.put(data)
         if self.mirror is not None:
             self.mirror.publish(self.next_sequence, data)
-        self.batches.append(data)
-        self.first_sequences.append(self.next_sequence)
         self.next_sequence += count
         self.last_token_at = self.last_write_at = time.monotonic()
+
+    def end(self) -> None:
+        """Finish the turn if it never ran, send its last event to the other readers if it was cut short, and
+        let go of everything (idempotent: the body's ``close`` calls it whether or not it was iterated)."""
+        if self.done:
+            return
+        chat = self.chat
+        if not chat.finished:  # never iterated: the client left before the first write
+            chat.finish(Cancelled(CLIENT_GONE))
+        final = chat.final_event
+        if final is not None and 0 < self.next_sequence <= len(chat.parts) + 1:
+            self._publish(encode_event(self.prefix, len(chat.parts) + 1, final), 1)
+        self.done = True
+        self.finished_at = time.monotonic()
+        for callback in self.on_done:
+            callback()
+        if self.mirror is not None:
+            self.mirror.close()
         for reader in self.readers:
-            reader.put(data)
+            reader.put(END)
 
     def ping(self) -> None:
         """Keep quiet connections open (heartbeat); costs nothing while tokens flow."""
+        self._ping_readers()
+        if self.chat.interruptible and self.chat.upstream.wakeable:
+            gevent.get_hub().loop.run_callback(self._wake)
+
+    def _ping_readers(self) -> None:
         self.last_write_at = time.monotonic()
         for reader in self.readers:
             reader.put(PING)
 
+    def _wake(self) -> None:
+        """Runs in the hub: wakes the owner only if it is still blocked on the upstream *now*."""
+        if not self.done and self.chat.interruptible:
+            self.owner.throw(WakeUp())
+
     def stop(self, error: StreamError) -> bool:
         """End the stream with ``error`` unless it is already ending; True if this call stops it.
 
-        Only a pump that is reading the upstream is interrupted (never one that is saving); one that has
-        not begun reading is told to stop when it does.
+        Only an owner that is reading the upstream is interrupted (never one that is saving or writing); one that
+        has not begun reading is told to stop when it does.
         """
-        if self.done or self.pump is None or self.chat.finished:
+        if self.done or self.chat.finished:
             return False
         self.chat.stop_requested = error
         if self.chat.interruptible:
@@ -93,15 +132,17 @@ class LiveStream:
         return True
 
     def _interrupt(self, error: StreamError) -> None:
-        """Runs in the hub: throws into the pump only if it is still reading *now*. (``Greenlet.kill`` would
-        throw whenever the pump next waits — possibly in the middle of saving the reply.)"""
-        pump = self.pump
-        if pump is not None and not pump.dead and self.chat.interruptible:
-            pump.throw(error)
+        """Runs in the hub: throws into the owner only if it is still reading *now*. (``Greenlet.kill`` would
+        throw whenever it next waits — possibly in the middle of saving the reply.)"""
+        if not self.done and self.chat.interruptible:
+            self.owner.throw(error)
 
     def wait(self, timeout: float | None = None) -> None:
-        if self.pump is not None:
-            self.pump.join(timeout)
+        if self.done:
+            return
+        ended = Signal()
+        self.on_done.append(ended.set)
+        ended.wait(timeout)
 
     def read(self, after: int = -1) -> Iterator[bytes]:
         """The ``retry`` field, every event after sequence ``after``, then live events until the end."""
@@ -135,14 +176,39 @@ class LiveStream:
                 self.readers.remove(queue)
 
     def _backlog(self, after: int) -> bytes:
-        """Events after ``after``: whole batches, and the tail of the batch that ``after`` falls in."""
-        return b"".join(
-            split_after(first, data, after) for first, data in zip(self.first_sequences, self.batches, strict=True)
+        """The published events after ``after``, framed again from the metadata, the parts and the last event."""
+        chat, prefix = self.chat, self.prefix
+        published = self.next_sequence
+        frames: list[bytes] = []
+        if after < 0 < published:
+            frames.append(encode_event(prefix, 0, chat.metadata))
+        tokens = min(len(chat.parts), max(published - 1, 0))
+        frames.extend(
+            encode_event(prefix, sequence, Token(chat.parts[sequence - 1]))
+            for sequence in range(max(after + 1, 1), tokens + 1)
         )
+        final = chat.final_event
+        if final is not None and published > tokens + 1 > after:
+            frames.append(encode_event(prefix, tokens + 1, final))
+        return b"".join(frames)
 
 
-def _log_death(greenlet: gevent.Greenlet[[], None]) -> None:
-    log.error("stream pump died", exc_info=greenlet.exc_info)  # type: ignore[arg-type]
+class OwnerBody:
+    """The POST's response body. gunicorn iterates ``run()`` directly and calls ``close`` however the response
+    ends, even before its first write: the stream then ends too (the client decided, DEVELOPERS.md)."""
+
+    def __init__(self, live: LiveStream, on_close: Callable[[], None]) -> None:
+        self.live = live
+        self.items = live.run()
+        self.on_close = on_close
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self.items
+
+    def close(self) -> None:
+        self.on_close()  # before gunicorn closes or reuses the socket
+        self.items.close()
+        self.live.end()
 
 
 class StreamRegistry:

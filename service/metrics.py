@@ -8,13 +8,24 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from greenlet import greenlet
+from greenlet import getcurrent, greenlet
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 
+def _root(item: greenlet) -> greenlet:
+    while item.parent is not None:
+        item = item.parent
+    return item
+
+
 def _count_greenlets() -> float:
+    """Live greenlets of this thread's event loop. gevent's thread pools (the DNS resolver's grows with concurrent
+    lookups, up to its fixed maximum, and keeps its threads) run their own greenlets; those are not counted."""
     gc.collect()
-    return float(sum(1 for item in gc.get_objects() if isinstance(item, greenlet) and not item.dead))
+    main = _root(getcurrent())
+    return float(
+        sum(1 for item in gc.get_objects() if isinstance(item, greenlet) and not item.dead and _root(item) is main)
+    )
 
 
 def _count_fds() -> float:
@@ -59,7 +70,7 @@ class Metrics:
         Gauge(name, documentation, registry=self.registry).set_function(read)
 
     def add_process_gauges(self) -> None:
-        self.gauge("chat_process_greenlets", "Greenlets alive in this worker.", _count_greenlets)
+        self.gauge("chat_process_greenlets", "Greenlets alive in this worker's event loop.", _count_greenlets)
         self.gauge("chat_process_open_fds", "Open file descriptors of this worker.", _count_fds)
 
     def stream_ended(self, outcome: str, tokens: int, seconds: float) -> None:

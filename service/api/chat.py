@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable
 from typing import Any
 
 from flask import Blueprint, Response, request
@@ -57,7 +57,7 @@ def _open(found: Services, user_id: str) -> ChatStream:
     return chat
 
 
-def _event_stream(body: Iterator[bytes]) -> Response:
+def _event_stream(body: Iterable[bytes]) -> Response:
     """The SSE response: each yielded buffer is written and flushed by gunicorn as it comes."""
     response = Response(body, headers=STREAM_HEADERS, direct_passthrough=True)
     response.headers["Content-Type"] = STREAM_HEADERS["Content-Type"]  # not Flask's default text/html
@@ -71,22 +71,10 @@ def chat_stream() -> Response:
     user_id = current_user(found.auth)
     chat = _open(found, user_id)
     mirror = found.shared.mirror(chat.metadata.stream_id, user_id) if found.shared else None
-    live = LiveStream(chat, mirror)
+    live = LiveStream(chat, mirror)  # runs in this greenlet, as gunicorn iterates the body
     found.streams.add(live)
-    live.start()
     watchdog = Watchdog(live, found.timing, request.environ.get("gunicorn.socket"))
-    body = live.read()
-
-    def owner_reader() -> Iterator[bytes]:
-        """The POST's reader: when it goes, the stream goes (upstream request included)."""
-        try:
-            yield from body
-        finally:
-            watchdog.release_client()  # before gunicorn closes or reuses the socket
-            if not live.done:
-                live.stop(Cancelled("The client disconnected before the reply finished."))
-
-    return _event_stream(owner_reader())
+    return _event_stream(live.owner_body(watchdog.release_client))
 
 
 @bp.get("/chat/stream/<stream_id>")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -76,10 +76,11 @@ class ChatStream:
         self.stop_requested: StreamError | None = None
         self.parts: list[str] = []
         self.finished = False
+        self.final_event: Done | Error | None = None
         self.outcome = ""
         self.started = time.monotonic()
 
-    def events(self) -> Iterator[list[Event]]:
+    def events(self) -> Generator[list[Event], None, None]:
         try:
             yield [self.metadata]
             try:
@@ -118,6 +119,7 @@ class ChatStream:
             final = Error(error.code, error.message, error.retryable)
         if not self.finished:
             self.finished = True
+            self.final_event = final
             self.outcome = "done" if error is None else error.code
             try:
                 self.save(error is None, usage)
@@ -191,7 +193,8 @@ class ChatService:
         """Run a stream to its end and answer as one JSON body (the non-streaming fallback)."""
         final: Event | None = None
         for events in stream.events():
-            final = events[-1]
+            if events:
+                final = events[-1]
         metadata = stream.metadata
         if isinstance(final, Error) and final.code != ContentFiltered.code:
             raise RateLimited(final.message) if final.code == RateLimited.code else UpstreamUnavailable(final.message)

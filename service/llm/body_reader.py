@@ -19,6 +19,11 @@ import h11
 READ_BYTES = 65536
 
 
+class WakeUp(Exception):
+    """Thrown into a greenlet blocked in this reader's ``recv``: the reader yields ``b""`` at once and goes on
+    reading. This is how a stream's heartbeat reaches the greenlet that waits on a silent model."""
+
+
 def body_chunks(http_response: Any, timeout: float | None) -> Iterator[bytes] | None:
     try:
         connection = http_response.stream._stream._httpcore_stream._stream._connection
@@ -51,4 +56,9 @@ def _chunks(state: h11.Connection, sock: Any) -> Iterator[bytes]:
                 return
         if parts:
             yield b"".join(parts)
-        receive(recv(READ_BYTES))  # b"" at EOF: h11 then raises for a body cut short
+        try:
+            data = recv(READ_BYTES)
+        except WakeUp:
+            yield b""
+            continue
+        receive(data)  # b"" at EOF: h11 then raises for a body cut short

@@ -46,13 +46,16 @@ class UpstreamStream:
         self.deltas = 0
         self._drained: gevent.Greenlet[[Iterator[bytes]], None] | None = None
         self.waiting = False  # True only while blocked on the upstream socket: the one safe place to interrupt
+        self.wakeable = False  # True when the read is our own, which turns a thrown ``WakeUp`` into an empty batch
 
     def batches(self) -> Iterator[list[str]]:
-        """Yield the non-empty text deltas of each network read, in order."""
+        """Yield the non-empty text deltas of each network read, in order; an empty list when woken."""
         decoder = SSEDataDecoder()
         loads = orjson.loads
         http_response = self._response.http_response
-        raw_chunks = body_chunks(http_response, self.read_timeout) or http_response.iter_raw()
+        own_chunks = body_chunks(http_response, self.read_timeout)
+        self.wakeable = own_chunks is not None
+        raw_chunks = own_chunks or http_response.iter_raw()
         try:
             while True:
                 self.waiting = True
@@ -74,6 +77,8 @@ class UpstreamStream:
                         break
                 if texts:
                     self.deltas += len(texts)
+                    yield texts
+                elif not raw:  # woken (``WakeUp``): an empty batch, the heartbeat's turn
                     yield texts
                 if failure is not None:
                     raise failure

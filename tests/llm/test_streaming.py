@@ -74,7 +74,7 @@ def test_5xx_is_retried_three_attempts_in_all_then_succeeds(upstream: FakeUpstre
 
 @pytest.mark.parametrize("status", ["500", "429", "503"])
 def test_persistent_failure_is_upstream_unavailable_after_three_attempts(upstream: FakeUpstream, status: str) -> None:
-    message = f"down #status={status}"
+    message = f"streaming down #status={status}"  # the upstream counts attempts per message: keep it unique
     with pytest.raises(UpstreamUnavailable):
         open_stream(upstream, message)
     assert upstream.recorder.attempts[message] == 3
