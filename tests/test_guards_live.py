@@ -61,6 +61,24 @@ def test_heartbeats_before_the_first_token(server_factory: ServerFactory) -> Non
     assert body.rstrip().endswith("}")
 
 
+def test_heartbeats_while_the_model_pauses_mid_reply(server_factory: ServerFactory) -> None:
+    """The stream's own greenlet is blocked on the upstream read here; the heartbeat wakes it, and the reply
+    goes on whole after the pause (no byte of the upstream lost to the wake-up)."""
+    server = server_factory(HEARTBEAT_SECONDS="0.3")
+    with (
+        httpx.Client(timeout=10) as client,
+        client.stream("POST", server.url + STREAM, json={"message": "pauses #tokens=4 #silence=1.2"}) as r,
+    ):
+        body = r.read().decode()
+    tokens = body.split('"type":"token"')
+    assert len(tokens) == 5
+    assert tokens[1].count(": ping\n\n") >= 2  # between the first token and the second
+    assert body.count(": ping\n\n") == tokens[1].count(": ping\n\n")
+    assert '"type":"done"' in tokens[-1]
+    contents = [part.split('"content":"')[1].split('"')[0] for part in tokens[1:]]
+    assert "".join(contents).startswith("Baby")
+
+
 def _hang_up_and_measure(server: GunicornServer, upstream: FakeUpstream, message: str) -> float:
     sock = raw_stream(server.url, {"message": message})
     time.sleep(0.5)
