@@ -151,6 +151,7 @@ class ChatStream:
                     finish_reason=self.upstream.finish_reason,
                     prompt_tokens=usage.prompt_tokens,
                     completion_tokens=usage.completion_tokens,
+                    new_conversation=self.request.conversation_id is None,
                 )
             )
         except Exception:

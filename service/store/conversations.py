@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, delete, func, insert, select, update
+from sqlalchemy import Connection, Table, bindparam, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from service.store.database import Database
@@ -16,6 +16,12 @@ from service.store.models import Conversation, Message, utcnow
 TITLE_CHARS = 80
 conversations = cast(Table, Conversation.__table__)
 messages = cast(Table, Message.__table__)
+_TOUCH = update(conversations).where(conversations.c.id == bindparam("b_id")).values(updated_at=bindparam("b_now"))
+_LAST_POSITION = select(func.coalesce(func.max(messages.c.position), -1)).where(
+    messages.c.conversation_id == bindparam("b_id")
+)
+_CREATE = insert(conversations)
+_ADD_MESSAGES = insert(messages)
 
 
 @dataclass(frozen=True)
@@ -32,6 +38,7 @@ class ExchangeRecord:
     finish_reason: str | None
     prompt_tokens: int | None
     completion_tokens: int | None
+    new_conversation: bool = False  # its id was made for this exchange: nothing to look up first
 
 
 def _iso(moment: datetime) -> str:
@@ -89,31 +96,33 @@ class ConversationStore:
     def save_exchange(self, record: ExchangeRecord) -> None:
         """Both messages in one transaction; creates the conversation on its first exchange.
 
-        Core statements, not ORM objects: this runs once per stream, and the unit of work cost more CPU than
-        relaying a short reply."""
+        Core statements built once at import (so SQLAlchemy's compiled cache always hits), not ORM objects: this
+        runs once per stream, and the unit of work cost more CPU than relaying a short reply."""
 
-        def work(session: Session) -> None:
+        def work(connection: Connection) -> None:
             now = utcnow()
-            touched = session.execute(
-                update(conversations).where(conversations.c.id == record.conversation_id).values(updated_at=now)
-            )
-            if touched.rowcount:  # type: ignore[attr-defined]
-                position = session.execute(
-                    select(func.coalesce(func.max(messages.c.position), -1)).where(
-                        messages.c.conversation_id == record.conversation_id
-                    )
-                ).scalar_one()
-            else:
+            conversation_id = record.conversation_id
+            position = -1
+            touched = 0
+            if not record.new_conversation:
+                touched = connection.execute(_TOUCH, {"b_id": conversation_id, "b_now": now}).rowcount
+                if touched:
+                    position = connection.execute(_LAST_POSITION, {"b_id": conversation_id}).scalar_one()
+            if not touched:
                 title = " ".join(record.user_message.split())[:TITLE_CHARS] or "New conversation"
-                session.execute(
-                    insert(conversations).values(
-                        id=record.conversation_id, user_id=record.user_id, title=title, created_at=now, updated_at=now
-                    )
+                connection.execute(
+                    _CREATE,
+                    {
+                        "id": conversation_id,
+                        "user_id": record.user_id,
+                        "title": title,
+                        "created_at": now,
+                        "updated_at": now,
+                    },
                 )
-                position = -1
-            common = {"conversation_id": record.conversation_id, "created_at": now}
-            session.execute(
-                insert(messages),
+            common = {"conversation_id": conversation_id, "created_at": now}
+            connection.execute(
+                _ADD_MESSAGES,
                 [
                     {
                         **common,
@@ -142,7 +151,7 @@ class ConversationStore:
                 ],
             )
 
-        self.database.transaction(work)
+        self.database.statements(work)
 
     def list_for(self, user_id: str, limit: int, offset: int) -> list[dict[str, Any]]:
         def work(session: Session) -> list[dict[str, Any]]:
