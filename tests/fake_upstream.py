@@ -5,7 +5,8 @@ The last user message may carry directives, e.g. ``"hi #tokens=5 #delay=0.5 #fai
 ``#status=CODE`` or ``#status=CODExK`` (fail the first K attempts only); ``#fail_after=N`` drop the connection
 after N tokens; ``#error_after=N`` send an ``error`` object after N tokens; ``#silence=S`` go quiet after the
 first token; ``#azure`` add filter-only and empty-choices chunks; ``#no_usage``; ``#filter_after=N`` finish
-with ``content_filter``; ``#length`` finish with ``length``. It records every request and when each
+with ``content_filter``; ``#length`` finish with ``length``; ``#keepalive`` keep the connection open for the next
+request (otherwise it is closed after each reply). It records every request and when each
 connection closed, as the upstream saw it.
 """
 
@@ -36,6 +37,7 @@ class Connection:
     completed: bool = False
     tokens_sent: int = 0
     sent_at: list[float] = field(default_factory=list)
+    peer_port: int = 0  # the client's port: two requests with one port came over one kept-alive connection
 
 
 @dataclass
@@ -140,7 +142,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _stream(self, script: dict[str, str], message: str) -> None:
         recorder = self.server.recorder
-        connection = Connection(message, time.monotonic())
+        connection = Connection(message, time.monotonic(), peer_port=self.client_address[1])
         with recorder.lock:
             recorder.connections.append(connection)
         count = int(script.get("tokens", len(WORDS)))
@@ -216,7 +218,7 @@ class _Handler(BaseHTTPRequestHandler):
             pass
         finally:
             connection.closed_at = time.monotonic()
-            self.close_connection = True
+            self.close_connection = "keepalive" not in script
 
 
 class _Server(ThreadingHTTPServer):

@@ -1,9 +1,11 @@
-"""Reads an upstream response body straight off its connection, driving the connection's own h11 state.
+"""Reads an upstream response body straight off its connection, keeping the connection's h11 state right.
 
 Why: httpx2 and httpcore2 pass every HTTP chunk (one per token on an OpenAI stream) through six generator
 layers, two context managers and a trace hook, and hand it over one chunk at a time. Here one ``recv`` becomes
-one batch of every complete chunk it held. h11 still parses the framing, so when the body ends the connection is
-in a clean state and goes back to the SDK's pool for keep-alive as usual (the response is closed by its owner).
+one batch of every complete chunk it held. A chunked body (what OpenAI-style servers send) is decoded by
+``ChunkedDecoder``, and h11 is then shown an empty last chunk so that it, too, sees the body end; any other body
+goes through h11's own readers. Either way the connection ends in a clean state and goes back to the SDK's pool
+for keep-alive as usual (the response is closed by its owner).
 
 ``body_chunks`` returns None, and the caller falls back to ``iter_raw()``, whenever the internals are not the
 plain HTTP/1.1 ones this expects (HTTP/2, a proxy transport, a compressed body, another httpx2 version).
@@ -15,6 +17,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import h11
+
+from service.llm.chunked import ChunkedDecoder
 
 READ_BYTES = 65536
 
@@ -36,7 +40,48 @@ def body_chunks(http_response: Any, timeout: float | None) -> Iterator[bytes] | 
     if http_response.headers.get("content-encoding", "identity").lower() != "identity":
         return None
     sock.settimeout(timeout)
+    if http_response.headers.get("transfer-encoding", "").lower() == "chunked" and _fresh_chunked_reader(state):
+        return _dechunked(state, sock)
     return _chunks(state, sock)
+
+
+def _fresh_chunked_reader(state: h11.Connection) -> bool:
+    """h11 is about to read a chunked body and has read none of it (its reader's counters are at zero)."""
+    reader = getattr(state, "_reader", None)
+    return (
+        type(reader).__name__ == "ChunkedReader"
+        and getattr(reader, "_bytes_in_chunk", None) == 0
+        and getattr(reader, "_bytes_to_discard", None) == b""
+        and getattr(reader, "_reading_trailer", None) is False
+        and hasattr(state, "_receive_buffer")
+    )
+
+
+def _dechunked(state: h11.Connection, sock: Any) -> Iterator[bytes]:
+    decoder = ChunkedDecoder()
+    buffered = state._receive_buffer  # body bytes that came in with the headers: they are ours now
+    early = buffered.maybe_extract_at_most(len(buffered))
+    data = decoder.feed(bytes(early)) if early else b""
+    recv, feed = sock.recv, decoder.feed
+    while not decoder.done:
+        if data:
+            yield data
+        try:
+            received = recv(READ_BYTES)
+        except WakeUp:
+            yield b""
+            data = b""
+            continue
+        if not received:
+            raise h11.RemoteProtocolError("peer closed connection without sending complete message body")
+        data = feed(received)
+    state.receive_data(b"0\r\n\r\n")  # the body's end as h11 expects it, so the connection can be reused
+    if not isinstance(state.next_event(), h11.EndOfMessage):
+        raise h11.RemoteProtocolError("h11 did not see the end of the body")
+    if decoder.leftover:
+        state.receive_data(decoder.leftover)
+    if data:
+        yield data
 
 
 def _chunks(state: h11.Connection, sock: Any) -> Iterator[bytes]:

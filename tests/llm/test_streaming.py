@@ -10,6 +10,7 @@ from service.config import Settings
 from service.errors import ContentFiltered, UpstreamFailed, UpstreamUnavailable
 from service.llm.providers import build_client
 from service.llm.streaming import CompletionRequest, StreamingService, UpstreamStream
+from service.metrics import upstream_pool_size
 from tests.fake_upstream import FakeUpstream
 
 
@@ -70,6 +71,21 @@ def test_5xx_is_retried_three_attempts_in_all_then_succeeds(upstream: FakeUpstre
     stream = open_stream(upstream, "flaky #tokens=2 #status=503x2")
     assert [token for batch in stream.batches() for token in batch] == ["Baby", " sleep"]
     assert upstream.recorder.attempts["flaky #tokens=2 #status=503x2"] == 3
+
+
+def test_a_finished_body_leaves_its_connection_in_the_pool_for_the_next_request(upstream: FakeUpstream) -> None:
+    """The chunked body is decoded off the socket, not by h11; h11 must still see it end, or the connection
+    could not be reused (each request would open a new one)."""
+    service = service_for(upstream.base_url)
+    for index in range(3):
+        request = CompletionRequest("m", [{"role": "user", "content": f"reuse {index} #tokens=40 #keepalive"}])
+        stream = service.open(request)
+        assert sum(len(batch) for batch in stream.batches()) == 40
+        assert stream._drained is not None
+        stream._drained.join(5)
+        assert upstream_pool_size(service.client._client) == 1
+    ports = {upstream.connection_for(f"reuse {index} ").peer_port for index in range(3)}
+    assert len(ports) == 1
 
 
 @pytest.mark.parametrize("status", ["500", "429", "503"])
