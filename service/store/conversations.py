@@ -11,6 +11,7 @@ from sqlalchemy import Connection, Table, bindparam, delete, func, insert, selec
 from sqlalchemy.orm import Session
 
 from service.store.database import Database
+from service.store.group_commit import GroupCommit
 from service.store.models import Conversation, Message, utcnow
 
 TITLE_CHARS = 80
@@ -74,6 +75,9 @@ def _conversation_dict(conversation: Conversation) -> dict[str, Any]:
 class ConversationStore:
     def __init__(self, database: Database) -> None:
         self.database = database
+        self.group: GroupCommit[ExchangeRecord] | None = None
+        if database.cooperative:
+            self.group = GroupCommit(self.save_exchanges, lambda record: self.save_exchanges([record]))
 
     def history(self, conversation_id: str, user_id: str, limit: int) -> list[tuple[str, str]] | None:
         """The last ``limit`` (role, content) pairs oldest first, or None when not the user's."""
@@ -94,64 +98,19 @@ class ConversationStore:
         return self.database.transaction(work)
 
     def save_exchange(self, record: ExchangeRecord) -> None:
-        """Both messages in one transaction; creates the conversation on its first exchange.
+        """Both messages in one transaction; creates the conversation on its first exchange. Returns once saved.
 
-        Core statements built once at import (so SQLAlchemy's compiled cache always hits), not ORM objects: this
-        runs once per stream, and the unit of work cost more CPU than relaying a short reply."""
+        Under gevent, saves that arrive together share one transaction (``GroupCommit``). Core statements built
+        once at import (so SQLAlchemy's compiled cache always hits), not ORM objects: this runs once per stream,
+        and the unit of work cost more CPU than relaying a short reply."""
+        if self.group is not None:
+            self.group.submit(record)
+        else:
+            self.save_exchanges([record])
 
-        def work(connection: Connection) -> None:
-            now = utcnow()
-            conversation_id = record.conversation_id
-            position = -1
-            touched = 0
-            if not record.new_conversation:
-                touched = connection.execute(_TOUCH, {"b_id": conversation_id, "b_now": now}).rowcount
-                if touched:
-                    position = connection.execute(_LAST_POSITION, {"b_id": conversation_id}).scalar_one()
-            if not touched:
-                title = " ".join(record.user_message.split())[:TITLE_CHARS] or "New conversation"
-                connection.execute(
-                    _CREATE,
-                    {
-                        "id": conversation_id,
-                        "user_id": record.user_id,
-                        "title": title,
-                        "created_at": now,
-                        "updated_at": now,
-                    },
-                )
-            common = {"conversation_id": conversation_id, "created_at": now}
-            connection.execute(
-                _ADD_MESSAGES,
-                [
-                    {
-                        **common,
-                        "id": str(uuid.uuid4()),
-                        "position": position + 1,
-                        "role": "user",
-                        "content": record.user_message,
-                        "status": "complete",
-                        "model": None,
-                        "finish_reason": None,
-                        "prompt_tokens": None,
-                        "completion_tokens": None,
-                    },
-                    {
-                        **common,
-                        "id": record.reply_id,
-                        "position": position + 2,
-                        "role": "assistant",
-                        "content": record.reply,
-                        "status": record.status,
-                        "model": record.model,
-                        "finish_reason": record.finish_reason,
-                        "prompt_tokens": record.prompt_tokens,
-                        "completion_tokens": record.completion_tokens,
-                    },
-                ],
-            )
-
-        self.database.statements(work)
+    def save_exchanges(self, records: list[ExchangeRecord]) -> None:
+        """Several exchanges in one transaction."""
+        self.database.statements(lambda connection: _write_exchanges(connection, records))
 
     def list_for(self, user_id: str, limit: int, offset: int) -> list[dict[str, Any]]:
         def work(session: Session) -> list[dict[str, Any]]:
@@ -186,6 +145,62 @@ class ConversationStore:
             return True
 
         return self.database.transaction(work)
+
+
+def _write_exchanges(connection: Connection, records: list[ExchangeRecord]) -> None:
+    now = utcnow()
+    last_positions: dict[str, int] = {}  # two exchanges of one conversation in a batch: number them in order
+    created: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = []
+    for record in records:
+        conversation_id = record.conversation_id
+        position = last_positions.get(conversation_id)
+        if position is None:
+            position = -1
+            touched = 0
+            if not record.new_conversation:
+                touched = connection.execute(_TOUCH, {"b_id": conversation_id, "b_now": now}).rowcount
+                if touched:
+                    position = connection.execute(_LAST_POSITION, {"b_id": conversation_id}).scalar_one()
+            if not touched:
+                title = " ".join(record.user_message.split())[:TITLE_CHARS] or "New conversation"
+                row = {"id": conversation_id, "user_id": record.user_id, "title": title}
+                created.append({**row, "created_at": now, "updated_at": now})
+        last_positions[conversation_id] = position + 2
+        rows.extend(_message_rows(record, position, now))
+    if created:
+        connection.execute(_CREATE, created)
+    connection.execute(_ADD_MESSAGES, rows)
+
+
+def _message_rows(record: ExchangeRecord, position: int, now: datetime) -> list[dict[str, Any]]:
+    common = {"conversation_id": record.conversation_id, "created_at": now}
+    return [
+        {
+            **common,
+            "id": str(uuid.uuid4()),
+            "position": position + 1,
+            "role": "user",
+            "content": record.user_message,
+            "status": "complete",
+            "model": None,
+            "finish_reason": None,
+            "prompt_tokens": None,
+            "completion_tokens": None,
+        },
+        {
+            **common,
+            "id": record.reply_id,
+            "position": position + 2,
+            "role": "assistant",
+            "content": record.reply,
+            "status": record.status,
+            "model": record.model,
+            "finish_reason": record.finish_reason,
+            "prompt_tokens": record.prompt_tokens,
+            "completion_tokens": record.completion_tokens,
+        },
+    ]
 
 
 def _owned(session: Session, conversation_id: str, user_id: str) -> Conversation | None:

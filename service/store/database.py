@@ -57,7 +57,8 @@ class Database:
             self.engine = create_engine(url, pool_size=10, max_overflow=40, pool_pre_ping=True)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._thread: Any = None
-        if self.is_sqlite and _gevent_patched():
+        self.cooperative = _gevent_patched()  # running under gevent's hub (gunicorn's gevent worker)
+        if self.is_sqlite and self.cooperative:
             from gevent.threadpool import ThreadPool
 
             self._thread = ThreadPool(1)

@@ -1,0 +1,95 @@
+"""Group commit: saves that arrive together share a transaction, and none is lost or mixed up."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+
+import gevent
+import pytest
+
+from service.store.conversations import ConversationStore
+from service.store.group_commit import GroupCommit
+from tests.store.test_database import record, store  # noqa: F401 - the store fixture (SQLite and PostgreSQL)
+
+
+def test_a_lone_write_goes_at_once_and_a_queue_shares_the_next_commit() -> None:
+    batches: list[list[int]] = []
+    group: GroupCommit[int] = GroupCommit(lambda items: (gevent.sleep(0.05), batches.append(items)), lambda item: None)
+    group.submit(-1)
+    assert batches == [[-1]]  # alone: written at once, no timer
+    writers = [gevent.spawn(group.submit, number) for number in range(20)]
+    gevent.joinall(writers, timeout=5, raise_error=True)
+    assert all(writer.successful() for writer in writers)
+    assert [item for batch in batches[1:] for item in batch] == list(range(20))
+    assert len(batches) <= 3  # those that arrive together share commits
+
+
+def test_one_bad_item_fails_alone_and_the_others_are_written() -> None:
+    written: list[int] = []
+
+    def write_many(items: list[int]) -> None:
+        gevent.sleep(0.01)
+        if 13 in items:
+            raise ValueError("bad batch")
+        written.extend(items)
+
+    def write_one(item: int) -> None:
+        if item == 13:
+            raise ValueError("bad item")
+        written.append(item)
+
+    group: GroupCommit[int] = GroupCommit(write_many, write_one)
+    writers = [gevent.spawn(group.submit, number) for number in range(20)]
+    gevent.joinall(writers, timeout=5)
+    failed = [number for number, writer in enumerate(writers) if not writer.successful()]
+    assert failed == [13]
+    assert isinstance(writers[13].exception, ValueError)
+    assert sorted(written) == [number for number in range(20) if number != 13]
+
+
+def test_a_killed_writer_fails_its_waiters_instead_of_hanging() -> None:
+    group: GroupCommit[int] = GroupCommit(lambda items: gevent.sleep(10), lambda item: None)
+    writers = [gevent.spawn(group.submit, number) for number in range(3)]
+    gevent.sleep(0.05)
+    assert group.writer is not None
+    group.writer.kill()
+    gevent.joinall(writers, timeout=2)
+    assert all(writer.ready() and isinstance(writer.exception, RuntimeError) for writer in writers)
+
+
+def test_exchanges_saved_together_keep_their_order_and_owners(store: ConversationStore) -> None:  # noqa: F811
+    store.group = GroupCommit(store.save_exchanges, lambda item: store.save_exchanges([item]))
+    user = f"u-{uuid.uuid4()}"
+    shared = str(uuid.uuid4())
+    store.save_exchange(record(shared, user, "first"))
+    fresh = [dataclasses.replace(record(str(uuid.uuid4()), user, f"new {n}"), new_conversation=True) for n in range(10)]
+    follow_ups = [record(shared, user, f"then {n}") for n in range(3)]
+    writers = [gevent.spawn(store.save_exchange, item) for item in [*fresh, *follow_ups]]
+    gevent.joinall(writers, timeout=10, raise_error=True)
+    for item in fresh:
+        read = store.read(item.conversation_id, user)
+        assert read is not None
+        assert [m["content"] for m in read["messages"]] == [item.user_message, item.reply]
+    read = store.read(shared, user)
+    assert read is not None
+    contents = [m["content"] for m in read["messages"]]
+    assert contents[:2] == ["first", "reply to first"]
+    assert sorted(contents[2:]) == sorted(text for n in range(3) for text in (f"then {n}", f"reply to then {n}"))
+    for index in range(2, len(contents), 2):  # each question is followed by its own reply
+        assert contents[index + 1] == f"reply to {contents[index]}"
+
+
+@pytest.mark.parametrize("count", [1, 40])
+def test_a_failed_batch_still_saves_the_good_exchanges(store: ConversationStore, count: int) -> None:  # noqa: F811
+    store.group = GroupCommit(store.save_exchanges, lambda item: store.save_exchanges([item]))
+    user = f"u-{uuid.uuid4()}"
+    good = [
+        dataclasses.replace(record(str(uuid.uuid4()), user, f"ok {n}"), new_conversation=True) for n in range(count)
+    ]
+    clash = dataclasses.replace(good[0], reply_id=good[0].reply_id, conversation_id=str(uuid.uuid4()))
+    writers = [gevent.spawn(store.save_exchange, item) for item in [*good, clash]]  # same reply id twice: refused
+    gevent.joinall(writers, timeout=10)
+    assert [writer.successful() for writer in writers] == [True] * count + [False]
+    for item in good:
+        assert store.read(item.conversation_id, user) is not None
