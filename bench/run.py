@@ -3,7 +3,8 @@
 Starts the fast upstream (``bench.upstream``), the service under real gunicorn (gevent worker) with 1 worker and
 again with 2, and the load generator (``bench.loadgen``) in its own process; the ``direct`` rows read the
 upstream without the service, in the same run. CPU is read from /proc for all worker processes (user + system),
-RSS per open stream is the workers' peak RSS over their idle RSS, divided by the streams open.
+RSS per open stream is the workers' peak RSS over their idle RSS, divided by the streams open. The ``node`` rows are
+the reference relay of ``bench/node_relay`` (one Node process), when ``npm ci --prefix bench/node_relay`` was run.
 
     .venv/bin/python -m bench.run                 # everything (about 4 minutes)
     .venv/bin/python -m bench.run --scenarios S1,S3 --workers 1
@@ -15,6 +16,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import signal
 import socket
 import subprocess
@@ -143,6 +145,28 @@ def start_service(upstream_port: int, workers: int, folder: str) -> tuple[subpro
     return process, port
 
 
+NODE_RELAY = ROOT / "bench" / "node_relay"
+
+
+def node_relay_ready() -> bool:
+    """The Node reference relay runs when node is installed and ``npm ci --prefix bench/node_relay`` was run."""
+    return shutil.which("node") is not None and (NODE_RELAY / "node_modules" / "openai").is_dir()
+
+
+def start_node_relay(upstream_port: int, folder: str) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    env = {
+        **os.environ,
+        "OPENAI_BASE_URL": f"http://127.0.0.1:{upstream_port}/v1",
+        "OPENAI_API_KEY": "bench",
+        "CHAT_MODEL": "bench-model",
+    }
+    log = open(Path(folder) / "node-relay.log", "ab")  # noqa: SIM115 - closed with the process
+    process = subprocess.Popen(["node", str(NODE_RELAY / "relay.mjs"), str(port)], env=env, stdout=log, stderr=log)
+    wait_http(port, "/healthz")
+    return process, port
+
+
 def load(target: str, port: int, scenario: Scenario) -> dict[str, object]:
     command = [
         sys.executable, "-m", "bench.loadgen", "--target", target, "--url", f"http://127.0.0.1:{port}",
@@ -190,6 +214,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scenarios", default="S1,S2,S3,S4")
     parser.add_argument("--workers", default="1,2", help="gunicorn worker counts to run, comma-separated")
+    parser.add_argument("--node", choices=("auto", "off"), default="auto", help="the Node reference relay row")
     args = parser.parse_args()
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -210,6 +235,14 @@ def main() -> None:
                     finally:
                         service.send_signal(signal.SIGTERM)
                         service.wait(30)
+                if args.node == "auto" and node_relay_ready():
+                    relay, port = start_node_relay(upstream_port, folder)
+                    try:
+                        load("service", port, Scenario("warm", 20, 5, 20, 0.0, "warm-up"))
+                        rows.append((scenario.name, "node", measure("service", port, scenario, [relay.pid])))
+                    finally:
+                        relay.terminate()
+                        relay.wait(30)
                 print(f"{scenario.name} done", file=sys.stderr, flush=True)
         print_table(rows, chosen)
     finally:
