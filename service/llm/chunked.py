@@ -39,28 +39,30 @@ class ChunkedDecoder:
         size = len(buffer)
         parts: list[bytes | bytearray] = []
         position = 0
+        in_chunk, need_crlf = self.in_chunk, self.need_crlf  # locals in the loop: it runs once per token
+        find, is_size = buffer.find, _SIZE.fullmatch
         while True:
-            if self.in_chunk:
-                end = min(size, position + self.in_chunk)
+            if in_chunk:
+                end = min(size, position + in_chunk)
                 parts.append(buffer[position:end])
-                self.in_chunk -= end - position
+                in_chunk -= end - position
                 position = end
-                if self.in_chunk:
+                if in_chunk:
                     break
-                self.need_crlf = True
-            if self.need_crlf:
+                need_crlf = True
+            if need_crlf:
                 if size - position < 2:
                     break
-                if buffer[position : position + 2] != b"\r\n":
+                if buffer[position] != 13 or buffer[position + 1] != 10:
                     raise h11.RemoteProtocolError("chunk data not followed by CRLF")
                 position += 2
-                self.need_crlf = False
-            line_end = buffer.find(b"\r\n", position)
+                need_crlf = False
+            line_end = find(b"\r\n", position)
             if line_end < 0:
                 if size - position > MAX_LINE:
                     raise h11.RemoteProtocolError("chunk header line too long")
                 break
-            line = bytes(buffer[position:line_end])
+            line = buffer[position:line_end]
             position = line_end + 2
             if self.in_trailers:
                 if not line:  # the blank line after the trailers: the body is complete
@@ -69,11 +71,13 @@ class ChunkedDecoder:
                     position = size
                     break
                 continue
-            size_field = line.split(b";", 1)[0].rstrip(b" \t")
-            if _SIZE.fullmatch(size_field) is None:
-                raise h11.RemoteProtocolError(f"bad chunk size line {line[:40]!r}")
-            self.in_chunk = int(size_field, 16)
-            if not self.in_chunk:
+            if is_size(line) is None:  # the usual bare size failed: extensions, or whitespace, or garbage
+                line = line.split(b";", 1)[0].rstrip(b" \t")
+                if is_size(line) is None:
+                    raise h11.RemoteProtocolError(f"bad chunk size line {bytes(line[:40])!r}")
+            in_chunk = int(line, 16)
+            if not in_chunk:
                 self.in_trailers = True
+        self.in_chunk, self.need_crlf = in_chunk, need_crlf
         del buffer[:position]
         return b"".join(parts)
