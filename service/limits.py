@@ -21,6 +21,7 @@ from limits.strategies import FixedWindowRateLimiter
 from service.auth import Authenticator, current_user
 from service.config import Settings
 from service.errors import BudgetSpent, RateLimited, Unauthorized
+from service.limit_storage import storage_uri
 
 METER_BATCH = 64  # most tokens counted per storage hit: a stream may overshoot the budget by at most this many
 
@@ -47,7 +48,7 @@ def build_request_limiter(app: Flask, settings: Settings, auth: Authenticator) -
     limiter = Limiter(
         user_key(auth),
         app=app,
-        storage_uri=settings.ratelimit_storage_uri,
+        storage_uri=storage_uri(settings.ratelimit_storage_uri),
         strategy="fixed-window",
         headers_enabled=True,
         on_breach=_breach,  # type: ignore[arg-type]
@@ -179,7 +180,7 @@ class TokenBudget:
 
     def __init__(self, settings: Settings) -> None:
         self.item = parse(settings.token_budget)
-        self.limiter = FixedWindowRateLimiter(storage_from_string(settings.ratelimit_storage_uri))
+        self.limiter = FixedWindowRateLimiter(storage_from_string(storage_uri(settings.ratelimit_storage_uri)))
 
     def check(self, user_id: str) -> int:
         """The tokens left; raise ``RateLimited`` (before any upstream call) when none are."""
