@@ -1,0 +1,68 @@
+"""The body readers on a real (gevent) socket: a thrown ``WakeUp`` yields an empty batch and loses no byte, and
+h11 ends in a state that lets the connection be reused. Both readers: our chunked decoder and h11's own."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import gevent
+import h11
+import pytest
+from gevent import socket
+
+from service.llm.body_reader import WakeUp, _chunks, _dechunked
+
+
+def _client_state(head: bytes) -> h11.Connection:
+    """An h11 client that has sent a request and read ``head`` (the response's status line and headers)."""
+    state = h11.Connection(h11.CLIENT)
+    headers = [("Host", "x"), ("Content-Length", "0")]
+    state.send(h11.Request(method="POST", target="/v1/chat/completions", headers=headers))
+    state.send(h11.EndOfMessage())
+    state.receive_data(head)
+    assert isinstance(state.next_event(), h11.Response)
+    return state
+
+
+CHUNKED = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+SIZED = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    ("head", "early", "later", "reader"),
+    [
+        (CHUNKED, b"5\r\nhel", b"lo\r\n5\r\nworld\r\n0\r\n\r\n", _dechunked),
+        (SIZED, b"hel", b"loworld", _chunks),
+    ],
+)
+def test_wake_up_yields_an_empty_batch_and_the_body_goes_on(
+    head: bytes, early: bytes, later: bytes, reader: object
+) -> None:
+    ours, theirs = socket.socketpair()
+    state = _client_state(head + early)  # some body bytes came in with the headers, as they do
+    batches: Iterator[bytes] = reader(state, ours)  # type: ignore[operator]
+    seen: list[bytes] = []
+    consumer = gevent.spawn(lambda: seen.extend(batches))
+    gevent.sleep(0.05)  # the reader is now blocked in recv
+    gevent.get_hub().loop.run_callback(consumer.throw, WakeUp())  # from the hub, as the service does it
+    gevent.sleep(0.05)
+    assert b"" in seen  # the wake-up came out as an empty batch...
+    theirs.sendall(later)
+    consumer.join(2)
+    assert consumer.successful()
+    assert b"".join(seen) == b"helloworld"  # ...and no byte was lost around it
+    assert state.their_state is h11.DONE  # h11 saw the body end: the connection can be reused
+    state.start_next_cycle()
+    ours.close()
+    theirs.close()
+
+
+def test_a_body_cut_short_is_a_protocol_error() -> None:
+    ours, theirs = socket.socketpair()
+    state = _client_state(CHUNKED)
+    theirs.sendall(b"5\r\nhel")
+    theirs.close()
+    with pytest.raises(h11.RemoteProtocolError):
+        list(_dechunked(state, ours))
+    assert state.their_state is not h11.DONE  # so httpcore closes it instead of pooling it
+    ours.close()
