@@ -66,9 +66,8 @@ class LiveStream:
                 if batch:
                     data = encode_batch(self.prefix, self.next_sequence, batch)
                     self._publish(data, len(batch))
-                else:  # woken by the heartbeat
+                else:  # woken by the heartbeat, which has already pinged the other readers
                     data = PING
-                    self._ping_readers()
                 yield data
         finally:
             events.close()  # a stream cut short is finished here: upstream closed, partial reply saved
@@ -104,14 +103,11 @@ class LiveStream:
 
     def ping(self) -> None:
         """Keep quiet connections open (heartbeat); costs nothing while tokens flow."""
-        self._ping_readers()
-        if self.chat.interruptible and self.chat.upstream.wakeable:
-            gevent.get_hub().loop.run_callback(self._wake)
-
-    def _ping_readers(self) -> None:
         self.last_write_at = time.monotonic()
         for reader in self.readers:
             reader.put(PING)
+        if self.chat.interruptible and self.chat.upstream.wakeable:
+            gevent.get_hub().loop.run_callback(self._wake)
 
     def _wake(self) -> None:
         """Runs in the hub: wakes the owner only if it is still blocked on the upstream *now*."""

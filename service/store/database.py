@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,6 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from service.store.models import Base
 
 T = TypeVar("T")
+H = TypeVar("H")
 
 
 def _gevent_patched() -> bool:
@@ -84,30 +86,21 @@ class Database:
 
     def transaction(self, work: Callable[[Session], T]) -> T:
         """Run ``work`` in one session and one transaction, committed on success."""
-
-        def unit() -> T:
-            self.active_units += 1
-            try:
-                with self.sessions.begin() as session:
-                    return work(session)
-            finally:
-                self.active_units -= 1
-
-        return self.run(unit)
+        return self.run(lambda: self._counted(self.sessions.begin, work))
 
     def statements(self, work: Callable[[Connection], T]) -> T:
         """Run ``work`` on one Core connection in one transaction, committed on success: for the per-stream
         write, where an ORM session's bookkeeping cost more CPU than the statements."""
+        return self.run(lambda: self._counted(self.engine.begin, work))
 
-        def unit() -> T:
-            self.active_units += 1
-            try:
-                with self.engine.begin() as connection:
-                    return work(connection)
-            finally:
-                self.active_units -= 1
-
-        return self.run(unit)
+    def _counted(self, begin: Callable[[], AbstractContextManager[H]], work: Callable[[H], T]) -> T:
+        """One unit of work, counted in ``active_units`` while it holds its session or connection."""
+        self.active_units += 1
+        try:
+            with begin() as handle:
+                return work(handle)
+        finally:
+            self.active_units -= 1
 
     def ping(self) -> None:
         from sqlalchemy import text
