@@ -226,9 +226,10 @@ class ReplyView {
       this.textNode.appendData(this.buffer);
       this.buffer = "";
       this.bufferedTokens = 0;
-      this.lastDraw = performance.now();
       this.thinking.hidden = true;
       this.onDraw();
+      // Stamped after the layout onDraw forces, so a slow layout never shortens the next interval.
+      this.lastDraw = performance.now();
     }
     if (this.pendingEnd) {
       const finish = this.pendingEnd;
