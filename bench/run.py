@@ -45,7 +45,7 @@ class Scenario:
 SCENARIOS = {
     "S1": Scenario("S1", 100, 1, 200, 0.0, "1 stream at a time, 200 tokens, no delay"),
     "S2": Scenario("S2", 1000, 1000, 100, 0.02, "1,000 concurrent x 100 tokens at 20 ms"),
-    "S3": Scenario("S3", 250, 50, 300, 0.0, "50 concurrent x 300 tokens, no delay (5 rounds)"),
+    "S3": Scenario("S3", 1000, 50, 300, 0.0, "50 concurrent x 300 tokens, no delay (20 rounds)"),
     "S4": Scenario("S4", 5000, 5000, 50, 0.1, "5,000 concurrent x 50 tokens at 100 ms"),
 }
 
@@ -184,13 +184,21 @@ def percentile(values: list[float], fraction: float) -> float:
     return values[min(len(values) - 1, int(fraction * len(values)))]
 
 
-def measure(target: str, port: int, scenario: Scenario, workers: list[int]) -> dict[str, float]:
+def children_cpu_seconds() -> float:
+    """CPU of the finished children (the load generator runs to its end inside ``load``)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def measure(target: str, port: int, scenario: Scenario, workers: list[int], upstream: int) -> dict[str, float]:
     cpu_before = cpu_seconds(workers) if workers else 0.0
+    harness_before = cpu_seconds([upstream]) + children_cpu_seconds()
     rss_idle = rss_bytes(workers) if workers else 0
     sampler = PeakRss(workers) if workers else None
     result = load(target, port, scenario)
     peak = sampler.stop() if sampler else 0
     cpu = cpu_seconds(workers) - cpu_before if workers else float("nan")
+    harness = cpu_seconds([upstream]) + children_cpu_seconds() - harness_before
     tokens = float(result["tokens"])  # type: ignore[arg-type]
     ttft: list[float] = result["ttft"]  # type: ignore[assignment]
     total: list[float] = result["total"]  # type: ignore[assignment]
@@ -204,10 +212,12 @@ def measure(target: str, port: int, scenario: Scenario, workers: list[int]) -> d
         # meaningful with many streams open at once (S2, S4); with 1 or 50 it is mostly allocator warm-up
         "rss_kb_per_stream": (peak - rss_idle) / 1024 / open_streams if workers else float("nan"),
         "tokens_per_s": tokens / float(result["wall"]),  # type: ignore[arg-type]
+        # what the upstream and the load generator burn: CPU the relay cannot have on this machine
+        "harness_us_per_token": harness / tokens * 1e6 if tokens else float("nan"),
     }
 
 
-ROW = "| {:<3} | {:<8} | {:>8.1f} | {:>9.1f} | {:>9.1f} | {:>9.2f} | {:>9.1f} | {:>9.1f} | {:>10,.0f} |"
+ROW = "| {:<3} | {:<8} | {:>8.1f} | {:>9.1f} | {:>9.1f} | {:>9.2f} | {:>9.1f} | {:>9.1f} | {:>10,.0f} | {:>9.1f} |"
 
 
 def main() -> None:
@@ -225,12 +235,12 @@ def main() -> None:
     try:
         with tempfile.TemporaryDirectory() as folder:
             for scenario in chosen:
-                rows.append((scenario.name, "direct", measure("direct", upstream_port, scenario, [])))
+                rows.append((scenario.name, "direct", measure("direct", upstream_port, scenario, [], upstream.pid)))
                 for count in worker_counts:
                     service, port = start_service(upstream_port, count, folder)
                     try:
                         load("service", port, Scenario("warm", 20, 5, 20, 0.0, "warm-up"))
-                        stats = measure("service", port, scenario, children(service.pid))
+                        stats = measure("service", port, scenario, children(service.pid), upstream.pid)
                         rows.append((scenario.name, f"{count} worker" + ("s" if count > 1 else ""), stats))
                     finally:
                         service.send_signal(signal.SIGTERM)
@@ -239,7 +249,8 @@ def main() -> None:
                     relay, port = start_node_relay(upstream_port, folder)
                     try:
                         load("service", port, Scenario("warm", 20, 5, 20, 0.0, "warm-up"))
-                        rows.append((scenario.name, "node", measure("service", port, scenario, [relay.pid])))
+                        stats = measure("service", port, scenario, [relay.pid], upstream.pid)
+                        rows.append((scenario.name, "node", stats))
                     finally:
                         relay.terminate()
                         relay.wait(30)
@@ -255,9 +266,10 @@ def print_table(rows: list[tuple[str, str, dict[str, float]]], chosen: list[Scen
     for scenario in chosen:
         print(f"{scenario.name}: {scenario.description}")
     print(
-        "| sc. | relay    | success% | TTFT p50 ms | TTFT p99 ms | full p99 s | CPU us/tok | RSS KB/strm | tokens/s |"
+        "| sc. | relay    | success% | TTFT p50 ms | TTFT p99 ms | full p99 s | CPU us/tok | RSS KB/strm | tokens/s "
+        "| harness us/tok |"
     )
-    print("| --- | -------- | -------: | --------: | --------: | --------: | --------: | --------: | ---------: |")
+    print("| --- | -------- |" + " -------: |" * 7 + " ---------: |")
     for name, relay, stats in rows:
         print(
             ROW.format(
@@ -270,6 +282,7 @@ def print_table(rows: list[tuple[str, str, dict[str, float]]], chosen: list[Scen
                 stats["cpu_us_per_token"],
                 stats["rss_kb_per_stream"],
                 stats["tokens_per_s"],
+                stats["harness_us_per_token"],
             )
         )
     sys.stdout.flush()
