@@ -65,6 +65,13 @@ def on_starting(server: Any) -> None:
     server.log.info("Local model ready at %s", _local_model.base_url)
 
 
+def post_worker_init(worker: Any) -> None:
+    """The app is loaded in this worker: take its import-time objects out of the garbage collector's walks."""
+    from service.heap import settle_heap
+
+    settle_heap()
+
+
 def on_exit(server: Any) -> None:
     if _local_model is not None:
         server.log.info("Stopping the local model")

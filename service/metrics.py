@@ -72,6 +72,8 @@ class Metrics:
     def add_process_gauges(self) -> None:
         self.gauge("chat_process_greenlets", "Greenlets alive in this worker's event loop.", _count_greenlets)
         self.gauge("chat_process_open_fds", "Open file descriptors of this worker.", _count_fds)
+        frozen = "Objects frozen out of the garbage collector's walks at worker start (service/heap.py)."
+        self.gauge("chat_process_gc_frozen_objects", frozen, lambda: float(gc.get_freeze_count()))
 
     def stream_ended(self, outcome: str, tokens: int, seconds: float) -> None:
         self.streams_ended.labels(outcome).inc()

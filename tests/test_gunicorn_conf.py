@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import gc
 import runpy
 import time
 
+import httpx
 import pytest
 
+from service.heap import YOUNG_THRESHOLD
 from tests.conftest import ServerFactory
 from tests.servers import ROOT
 
@@ -54,3 +57,23 @@ def test_gunicorn_cmd_args_override_the_file(server_factory: ServerFactory) -> N
     server = server_factory(workers=1, GUNICORN_CMD_ARGS="--workers 3")
     time.sleep(1)
     assert len(server.worker_pids()) == 3
+
+
+def test_a_worker_freezes_what_the_app_left_before_serving(monkeypatch: pytest.MonkeyPatch) -> None:
+    conf = settings_for(monkeypatch)
+    threshold = gc.get_threshold()
+    assert gc.get_freeze_count() == 0
+    try:
+        conf["post_worker_init"](object())  # type: ignore[operator]
+        assert gc.get_freeze_count() > 1000
+        assert gc.get_threshold() == (YOUNG_THRESHOLD, *threshold[1:])
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
+
+
+def test_a_real_worker_runs_with_the_heap_settled(server_factory: ServerFactory) -> None:
+    server = server_factory(workers=1)
+    metrics = httpx.get(f"{server.url}/metrics", timeout=5).text
+    frozen = [line for line in metrics.splitlines() if line.startswith("chat_process_gc_frozen_objects ")]
+    assert frozen and float(frozen[0].split()[1]) > 1000, frozen
