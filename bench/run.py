@@ -5,8 +5,10 @@ again with 2, and the load generator (``bench.loadgen``) in its own process; the
 upstream without the service, in the same run. CPU is read from /proc for all worker processes (user + system),
 RSS per open stream is the workers' peak RSS over their idle RSS, divided by the streams open. The ``node`` rows are
 the reference relay of ``bench/node_relay`` (one Node process), when ``npm ci --prefix bench/node_relay`` was run.
+With ``--repeat N`` every row runs N times, the relays taking turns, and each figure is the median of its N runs.
 
-    .venv/bin/python -m bench.run                 # everything (about 4 minutes)
+    .venv/bin/python -m bench.run                 # everything once (about 10 minutes)
+    .venv/bin/python -m bench.run --repeat 3      # the README's table: medians of 3 (about 30 minutes)
     .venv/bin/python -m bench.run --scenarios S1,S3 --workers 1
 """
 
@@ -19,6 +21,7 @@ import resource
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -217,6 +220,33 @@ def measure(target: str, port: int, scenario: Scenario, workers: list[int], upst
     }
 
 
+def measure_service(upstream: tuple[int, int], workers: int, folder: str, scenario: Scenario) -> dict[str, float]:
+    """One scenario on a fresh gunicorn (so RSS per stream starts from a new worker), after a short warm-up.
+    ``upstream`` is the upstream's (port, pid)."""
+    service, port = start_service(upstream[0], workers, folder)
+    try:
+        load("service", port, Scenario("warm", 20, 5, 20, 0.0, "warm-up"))
+        return measure("service", port, scenario, children(service.pid), upstream[1])
+    finally:
+        service.send_signal(signal.SIGTERM)
+        service.wait(30)
+
+
+def measure_node(upstream: tuple[int, int], folder: str, scenario: Scenario) -> dict[str, float]:
+    relay, port = start_node_relay(upstream[0], folder)
+    try:
+        load("service", port, Scenario("warm", 20, 5, 20, 0.0, "warm-up"))
+        return measure("service", port, scenario, [relay.pid], upstream[1])
+    finally:
+        relay.terminate()
+        relay.wait(30)
+
+
+def median_of(runs: list[dict[str, float]]) -> dict[str, float]:
+    """Each figure's median over the runs (with one run, that run)."""
+    return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+
+
 ROW = "| {:<3} | {:<8} | {:>8.1f} | {:>9.1f} | {:>9.1f} | {:>9.2f} | {:>9.1f} | {:>9.1f} | {:>10,.0f} | {:>9.1f} |"
 
 
@@ -225,35 +255,27 @@ def main() -> None:
     parser.add_argument("--scenarios", default="S1,S2,S3,S4")
     parser.add_argument("--workers", default="1,2", help="gunicorn worker counts to run, comma-separated")
     parser.add_argument("--node", choices=("auto", "off"), default="auto", help="the Node reference relay row")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per row, each on a fresh process; medians shown")
     args = parser.parse_args()
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     chosen = [SCENARIOS[name] for name in args.scenarios.split(",")]
     worker_counts = [int(item) for item in args.workers.split(",")]
     upstream, upstream_port = start_upstream()
+    fake = (upstream_port, upstream.pid)
     rows: list[tuple[str, str, dict[str, float]]] = []
     try:
         with tempfile.TemporaryDirectory() as folder:
             for scenario in chosen:
-                rows.append((scenario.name, "direct", measure("direct", upstream_port, scenario, [], upstream.pid)))
-                for count in worker_counts:
-                    service, port = start_service(upstream_port, count, folder)
-                    try:
-                        load("service", port, Scenario("warm", 20, 5, 20, 0.0, "warm-up"))
-                        stats = measure("service", port, scenario, children(service.pid), upstream.pid)
-                        rows.append((scenario.name, f"{count} worker" + ("s" if count > 1 else ""), stats))
-                    finally:
-                        service.send_signal(signal.SIGTERM)
-                        service.wait(30)
-                if args.node == "auto" and node_relay_ready():
-                    relay, port = start_node_relay(upstream_port, folder)
-                    try:
-                        load("service", port, Scenario("warm", 20, 5, 20, 0.0, "warm-up"))
-                        stats = measure("service", port, scenario, [relay.pid], upstream.pid)
-                        rows.append((scenario.name, "node", stats))
-                    finally:
-                        relay.terminate()
-                        relay.wait(30)
+                runs: dict[str, list[dict[str, float]]] = {}
+                for _ in range(args.repeat):  # the relays take turns, so a slow spell of the machine hits them all
+                    runs.setdefault("direct", []).append(measure("direct", upstream_port, scenario, [], upstream.pid))
+                    for count in worker_counts:
+                        relay_name = f"{count} worker" + ("s" if count > 1 else "")
+                        runs.setdefault(relay_name, []).append(measure_service(fake, count, folder, scenario))
+                    if args.node == "auto" and node_relay_ready():
+                        runs.setdefault("node", []).append(measure_node(fake, folder, scenario))
+                rows.extend((scenario.name, relay_name, median_of(found)) for relay_name, found in runs.items())
                 print(f"{scenario.name} done", file=sys.stderr, flush=True)
         print_table(rows, chosen)
     finally:
