@@ -30,6 +30,11 @@ loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 accesslog = os.environ.get("GUNICORN_ACCESS_LOG") or None
 errorlog = "-"
 preload_app = False  # the app imports httpx2; it must load after the worker has monkey-patched
+# gevent's default resolver runs every getaddrinfo (one per new upstream connection, IP literals included) on a
+# native thread; a burst of new connections then has threads and the event loop trading the GIL. c-ares resolves
+# inside the event loop: 1,000 streams starting at once used a fifth less CPU (bench/README.md, session 3).
+# GEVENT_RESOLVER=thread brings back the system resolver (nsswitch, mDNS) where c-ares will not do.
+os.environ.setdefault("GEVENT_RESOLVER", "ares")
 
 
 # --- the embedded local model: one llama-server per host, owned by the master --------------------------------

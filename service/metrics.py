@@ -74,6 +74,13 @@ class Metrics:
         self.gauge("chat_process_open_fds", "Open file descriptors of this worker.", _count_fds)
         frozen = "Objects frozen out of the garbage collector's walks at worker start (service/heap.py)."
         self.gauge("chat_process_gc_frozen_objects", frozen, lambda: float(gc.get_freeze_count()))
+        resolver = Gauge(
+            "chat_process_resolver_info",
+            "gevent's name resolver in this worker (gunicorn.conf.py picks c-ares).",
+            ["resolver"],
+            registry=self.registry,
+        )
+        resolver.labels(_resolver_name()).set(1)
 
     def stream_ended(self, outcome: str, tokens: int, seconds: float) -> None:
         self.streams_ended.labels(outcome).inc()
@@ -82,3 +89,10 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _resolver_name() -> str:
+    """``ares``, ``thread``, ``block``...: the last part of the module of gevent's configured resolver."""
+    import gevent
+
+    return str(gevent.config.resolver.__module__).rsplit(".", 1)[-1]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import os
 import runpy
 import time
 
@@ -15,7 +16,8 @@ from tests.servers import ROOT
 
 
 def settings_for(monkeypatch: pytest.MonkeyPatch, **env: str) -> dict[str, object]:
-    for name in ("GUNICORN_BIND", "WEB_CONCURRENCY", "GUNICORN_WORKER_CONNECTIONS", "GUNICORN_TIMEOUT", "LOG_LEVEL"):
+    names = ("GUNICORN_BIND", "WEB_CONCURRENCY", "GUNICORN_WORKER_CONNECTIONS", "GUNICORN_TIMEOUT", "LOG_LEVEL")
+    for name in (*names, "GEVENT_RESOLVER"):
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -77,3 +79,16 @@ def test_a_real_worker_runs_with_the_heap_settled(server_factory: ServerFactory)
     metrics = httpx.get(f"{server.url}/metrics", timeout=5).text
     frozen = [line for line in metrics.splitlines() if line.startswith("chat_process_gc_frozen_objects ")]
     assert frozen and float(frozen[0].split()[1]) > 1000, frozen
+
+
+def test_workers_resolve_names_in_the_event_loop_unless_told_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings_for(monkeypatch)
+    assert os.environ["GEVENT_RESOLVER"] == "ares"
+    settings_for(monkeypatch, GEVENT_RESOLVER="thread")
+    assert os.environ["GEVENT_RESOLVER"] == "thread"
+
+
+def test_a_real_worker_uses_the_c_ares_resolver(server_factory: ServerFactory) -> None:
+    server = server_factory(workers=1)
+    metrics = httpx.get(f"{server.url}/metrics", timeout=5).text
+    assert 'chat_process_resolver_info{resolver="ares"} 1.0' in metrics
