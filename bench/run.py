@@ -220,25 +220,16 @@ def measure(target: str, port: int, scenario: Scenario, workers: list[int], upst
     }
 
 
-def measure_service(upstream: tuple[int, int], workers: int, folder: str, scenario: Scenario) -> dict[str, float]:
-    """One scenario on a fresh gunicorn (so RSS per stream starts from a new worker), after a short warm-up.
-    ``upstream`` is the upstream's (port, pid)."""
-    service, port = start_service(upstream[0], workers, folder)
+def measure_relay(
+    relay: subprocess.Popen[bytes], port: int, pids: list[int], scenario: Scenario, upstream_pid: int
+) -> dict[str, float]:
+    """One scenario on a relay just started (so RSS per stream starts from a new process), after a short warm-up;
+    the relay is stopped afterwards. ``pids`` are the processes whose CPU and RSS count."""
     try:
         load("service", port, Scenario("warm", 20, 5, 20, 0.0, "warm-up"))
-        return measure("service", port, scenario, children(service.pid), upstream[1])
+        return measure("service", port, scenario, pids, upstream_pid)
     finally:
-        service.send_signal(signal.SIGTERM)
-        service.wait(30)
-
-
-def measure_node(upstream: tuple[int, int], folder: str, scenario: Scenario) -> dict[str, float]:
-    relay, port = start_node_relay(upstream[0], folder)
-    try:
-        load("service", port, Scenario("warm", 20, 5, 20, 0.0, "warm-up"))
-        return measure("service", port, scenario, [relay.pid], upstream[1])
-    finally:
-        relay.terminate()
+        relay.send_signal(signal.SIGTERM)
         relay.wait(30)
 
 
@@ -262,7 +253,6 @@ def main() -> None:
     chosen = [SCENARIOS[name] for name in args.scenarios.split(",")]
     worker_counts = [int(item) for item in args.workers.split(",")]
     upstream, upstream_port = start_upstream()
-    fake = (upstream_port, upstream.pid)
     rows: list[tuple[str, str, dict[str, float]]] = []
     try:
         with tempfile.TemporaryDirectory() as folder:
@@ -271,10 +261,13 @@ def main() -> None:
                 for _ in range(args.repeat):  # the relays take turns, so a slow spell of the machine hits them all
                     runs.setdefault("direct", []).append(measure("direct", upstream_port, scenario, [], upstream.pid))
                     for count in worker_counts:
-                        relay_name = f"{count} worker" + ("s" if count > 1 else "")
-                        runs.setdefault(relay_name, []).append(measure_service(fake, count, folder, scenario))
+                        service, port = start_service(upstream_port, count, folder)
+                        stats = measure_relay(service, port, children(service.pid), scenario, upstream.pid)
+                        runs.setdefault(f"{count} worker" + ("s" if count > 1 else ""), []).append(stats)
                     if args.node == "auto" and node_relay_ready():
-                        runs.setdefault("node", []).append(measure_node(fake, folder, scenario))
+                        relay, port = start_node_relay(upstream_port, folder)
+                        stats = measure_relay(relay, port, [relay.pid], scenario, upstream.pid)
+                        runs.setdefault("node", []).append(stats)
                 rows.extend((scenario.name, relay_name, median_of(found)) for relay_name, found in runs.items())
                 print(f"{scenario.name} done", file=sys.stderr, flush=True)
         print_table(rows, chosen)

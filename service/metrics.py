@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from greenlet import getcurrent, greenlet
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
 
 
 def _root(item: greenlet) -> greenlet:
@@ -74,13 +74,12 @@ class Metrics:
         self.gauge("chat_process_open_fds", "Open file descriptors of this worker.", _count_fds)
         frozen = "Objects frozen out of the garbage collector's walks at worker start (service/heap.py)."
         self.gauge("chat_process_gc_frozen_objects", frozen, lambda: float(gc.get_freeze_count()))
-        resolver = Gauge(
-            "chat_process_resolver_info",
+        resolver = Info(
+            "chat_process_resolver",
             "gevent's name resolver in this worker (gunicorn.conf.py picks c-ares).",
-            ["resolver"],
             registry=self.registry,
         )
-        resolver.labels(_resolver_name()).set(1)
+        resolver.info({"resolver": _resolver_name()})
 
     def stream_ended(self, outcome: str, tokens: int, seconds: float) -> None:
         self.streams_ended.labels(outcome).inc()

@@ -77,7 +77,7 @@ class ConversationStore:
         self.database = database
         self.group: GroupCommit[ExchangeRecord] | None = None
         if database.cooperative:
-            self.group = GroupCommit(self.save_exchanges, lambda record: self.save_exchanges([record]))
+            self.group = GroupCommit(self.save_exchanges)
 
     def history(self, conversation_id: str, user_id: str, limit: int) -> list[tuple[str, str]] | None:
         """The last ``limit`` (role, content) pairs oldest first, or None when not the user's."""

@@ -19,12 +19,11 @@ T = TypeVar("T")
 
 
 class GroupCommit(Generic[T]):
-    """``write_many`` stores a list of items in one transaction; if that fails, each item is retried alone with
-    ``write_one`` so one bad item cannot lose the others, and its own error reaches its own caller."""
+    """``write_many`` stores a list of items in one transaction; if that fails, each item is retried in a
+    transaction of its own, so one bad item cannot lose the others, and its own error reaches its own caller."""
 
-    def __init__(self, write_many: Callable[[list[T]], None], write_one: Callable[[T], None]) -> None:
+    def __init__(self, write_many: Callable[[list[T]], None]) -> None:
         self.write_many = write_many
-        self.write_one = write_one
         self.pending: list[tuple[T, AsyncResult[None]]] = []
         self.writer: gevent.Greenlet[[], None] | None = None
 
@@ -57,7 +56,7 @@ class GroupCommit(Generic[T]):
         except Exception:
             for item, done in batch:
                 try:
-                    self.write_one(item)
+                    self.write_many([item])
                 except Exception as exc:
                     done.set_exception(exc)
                 else:

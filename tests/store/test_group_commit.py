@@ -15,7 +15,7 @@ from tests.store.test_database import record, store  # noqa: F401 - the store fi
 
 def test_a_lone_write_goes_at_once_and_a_queue_shares_the_next_commit() -> None:
     batches: list[list[int]] = []
-    group: GroupCommit[int] = GroupCommit(lambda items: (gevent.sleep(0.05), batches.append(items)), lambda item: None)
+    group: GroupCommit[int] = GroupCommit(lambda items: (gevent.sleep(0.05), batches.append(items)))
     group.submit(-1)
     assert batches == [[-1]]  # alone: written at once, no timer
     writers = [gevent.spawn(group.submit, number) for number in range(20)]
@@ -34,12 +34,7 @@ def test_one_bad_item_fails_alone_and_the_others_are_written() -> None:
             raise ValueError("bad batch")
         written.extend(items)
 
-    def write_one(item: int) -> None:
-        if item == 13:
-            raise ValueError("bad item")
-        written.append(item)
-
-    group: GroupCommit[int] = GroupCommit(write_many, write_one)
+    group: GroupCommit[int] = GroupCommit(write_many)  # a lone 13 fails too: in a batch of its own
     writers = [gevent.spawn(group.submit, number) for number in range(20)]
     gevent.joinall(writers, timeout=5)
     failed = [number for number, writer in enumerate(writers) if not writer.successful()]
@@ -49,7 +44,7 @@ def test_one_bad_item_fails_alone_and_the_others_are_written() -> None:
 
 
 def test_a_killed_writer_fails_its_waiters_instead_of_hanging() -> None:
-    group: GroupCommit[int] = GroupCommit(lambda items: gevent.sleep(10), lambda item: None)
+    group: GroupCommit[int] = GroupCommit(lambda items: gevent.sleep(10))
     writers = [gevent.spawn(group.submit, number) for number in range(3)]
     gevent.sleep(0.05)
     assert group.writer is not None
@@ -59,7 +54,7 @@ def test_a_killed_writer_fails_its_waiters_instead_of_hanging() -> None:
 
 
 def test_exchanges_saved_together_keep_their_order_and_owners(store: ConversationStore) -> None:  # noqa: F811
-    store.group = GroupCommit(store.save_exchanges, lambda item: store.save_exchanges([item]))
+    store.group = GroupCommit(store.save_exchanges)
     user = f"u-{uuid.uuid4()}"
     shared = str(uuid.uuid4())
     store.save_exchange(record(shared, user, "first"))
@@ -82,7 +77,7 @@ def test_exchanges_saved_together_keep_their_order_and_owners(store: Conversatio
 
 @pytest.mark.parametrize("count", [1, 40])
 def test_a_failed_batch_still_saves_the_good_exchanges(store: ConversationStore, count: int) -> None:  # noqa: F811
-    store.group = GroupCommit(store.save_exchanges, lambda item: store.save_exchanges([item]))
+    store.group = GroupCommit(store.save_exchanges)
     user = f"u-{uuid.uuid4()}"
     good = [
         dataclasses.replace(record(str(uuid.uuid4()), user, f"ok {n}"), new_conversation=True) for n in range(count)
