@@ -35,6 +35,9 @@ preload_app = False  # the app imports httpx2; it must load after the worker has
 # inside the event loop: 1,000 streams starting at once used a fifth less CPU (bench/README.md, session 3).
 # GEVENT_RESOLVER=thread brings back the system resolver (nsswitch, mDNS) where c-ares will not do.
 os.environ.setdefault("GEVENT_RESOLVER", "ares")
+# gevent records each greenlet's spawning stack and parent (for debugging tools); a worker spawns a greenlet per
+# connection, so that record is memory and CPU per stream. GEVENT_TRACK_GREENLET_TREE=true turns it back on.
+os.environ.setdefault("GEVENT_TRACK_GREENLET_TREE", "false")
 
 
 # --- the embedded local model: one llama-server per host, owned by the master --------------------------------

@@ -7,6 +7,7 @@ chunked ``text/event-stream`` on keep-alive connections, like the real API. Run:
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import re
 import sys
@@ -44,18 +45,27 @@ def _usage(tokens: int) -> bytes:
     return _frame({**_chunk({}), "choices": [], "usage": usage})
 
 
+@functools.lru_cache(maxsize=64)
+def _whole_reply(tokens: int) -> bytes:
+    """A reply with no delay, built once per length: the same bytes as token-by-token writes, sent in one
+    ``write`` so the upstream spends next to no CPU per token (on 2 cores, its CPU is CPU a relay cannot have)."""
+    words = b"".join(WORDS[index % len(WORDS)] for index in range(1, tokens))
+    return _HEAD + ROLE + FIRST + words + STOP + _usage(tokens) + DONE
+
+
 async def _reply(writer: asyncio.StreamWriter, body: bytes) -> None:
     script = dict(_DIRECTIVE.findall(body))
     tokens = int(script.get(b"tokens", b"50"))
     delay = float(script.get(b"delay", b"0"))
+    if not delay:
+        writer.write(_whole_reply(tokens))
+        await writer.drain()
+        return
     writer.write(_HEAD + ROLE + FIRST)
     for index in range(1, tokens):
-        if delay:
-            await writer.drain()
-            await asyncio.sleep(delay)
+        await writer.drain()
+        await asyncio.sleep(delay)
         writer.write(WORDS[index % len(WORDS)])
-        if not delay and index % 64 == 0:
-            await writer.drain()
     writer.write(STOP + _usage(tokens) + DONE)
     await writer.drain()
 

@@ -17,7 +17,7 @@ from tests.servers import ROOT
 
 def settings_for(monkeypatch: pytest.MonkeyPatch, **env: str) -> dict[str, object]:
     names = ("GUNICORN_BIND", "WEB_CONCURRENCY", "GUNICORN_WORKER_CONNECTIONS", "GUNICORN_TIMEOUT", "LOG_LEVEL")
-    for name in (*names, "GEVENT_RESOLVER"):
+    for name in (*names, "GEVENT_RESOLVER", "GEVENT_TRACK_GREENLET_TREE"):
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -92,3 +92,10 @@ def test_a_real_worker_uses_the_c_ares_resolver(server_factory: ServerFactory) -
     server = server_factory(workers=1)
     metrics = httpx.get(f"{server.url}/metrics", timeout=5).text
     assert 'chat_process_resolver_info{resolver="ares"} 1.0' in metrics
+
+
+def test_workers_do_not_record_greenlet_spawn_trees_unless_told_to(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings_for(monkeypatch)
+    assert os.environ["GEVENT_TRACK_GREENLET_TREE"] == "false"
+    settings_for(monkeypatch, GEVENT_TRACK_GREENLET_TREE="true")
+    assert os.environ["GEVENT_TRACK_GREENLET_TREE"] == "true"

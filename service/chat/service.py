@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 from service.chat.context import build_messages, estimate_prompt_tokens
 from service.chat.events import Done, Error, Event, Metadata, Token, Usage
+from service.chat.reply import ReplyParts
 from service.chat.safety import checked_message
 from service.config import Settings
 from service.errors import (
@@ -74,7 +75,7 @@ class ChatStream:
         self.meter = meter
         self.on_end = on_end
         self.stop_requested: StreamError | None = None
-        self.parts: list[str] = []
+        self.parts = ReplyParts()
         self.finished = False
         self.final_event: Done | Error | None = None
         self.outcome = ""
@@ -144,7 +145,7 @@ class ChatStream:
                     conversation_id=self.metadata.conversation_id,
                     user_id=self.request.user_id,
                     user_message=self.request.message,
-                    reply="".join(self.parts),
+                    reply=self.parts.text(),
                     reply_id=self.metadata.message_id,
                     status="complete" if complete else "incomplete",
                     model=self.metadata.model,
@@ -203,7 +204,7 @@ class ChatService:
         return {
             "conversationId": metadata.conversation_id,
             "messageId": metadata.message_id,
-            "content": "".join(stream.parts),
+            "content": stream.parts.text(),
             "model": metadata.model,
             "finishReason": stream.upstream.finish_reason if isinstance(final, Done) else "content_filter",
             "usage": usage.payload(),

@@ -58,23 +58,25 @@ def _fresh_chunked_reader(state: h11.Connection) -> bool:
 
 
 def _dechunked(state: h11.Connection, sock: Any) -> Iterator[bytes]:
+    """Locals are emptied before each wait: a stream that idles for seconds must not keep its last read (or the
+    backlog that came with the headers) alive all that time."""
     decoder = ChunkedDecoder()
     buffered = state._receive_buffer  # body bytes that came in with the headers: they are ours now
-    early = buffered.maybe_extract_at_most(len(buffered))
-    data = decoder.feed(bytes(early)) if early else b""
+    data = decoder.feed(bytes(buffered.maybe_extract_at_most(len(buffered)) or b""))
     recv, feed = sock.recv, decoder.feed
     while not decoder.done:
         if data:
             yield data
+            data = b""
         try:
             received = recv(READ_BYTES)
         except WakeUp:
             yield b""
-            data = b""
             continue
         if not received:
             raise h11.RemoteProtocolError("peer closed connection without sending complete message body")
         data = feed(received)
+        received = b""
     state.receive_data(b"0\r\n\r\n")  # the body's end as h11 expects it, so the connection can be reused
     if not isinstance(state.next_event(), h11.EndOfMessage):
         raise h11.RemoteProtocolError("h11 did not see the end of the body")

@@ -68,6 +68,7 @@ class UpstreamStream:
                 texts: list[str] = []
                 failure: ServiceError | None = None
                 finished = False
+                woken = not raw  # ``WakeUp``: an empty batch, the heartbeat's turn
                 for data in decoder.feed(raw):
                     if data == b"[DONE]":
                         finished = True
@@ -75,10 +76,11 @@ class UpstreamStream:
                     failure = self._take(loads(data), texts)
                     if failure is not None:
                         break
+                raw = data = b""  # not kept alive while the stream waits for its next read
                 if texts:
                     self.deltas += len(texts)
                     yield texts
-                elif not raw:  # woken (``WakeUp``): an empty batch, the heartbeat's turn
+                elif woken:
                     yield texts
                 if failure is not None:
                     raise failure
