@@ -60,14 +60,16 @@ class LiveStream:
     def run(self) -> Generator[bytes, None, None]:
         """The owner's body: the ``retry`` field, each batch as it is ready, ``: ping`` while the model is silent."""
         events = self.chat.events()
+        head = retry_field()  # goes out with the first batch (the metadata): one write, not two
         try:
-            yield retry_field()
             for batch in events:
                 if batch:
                     data = encode_batch(self.prefix, self.next_sequence, batch)
                     self._publish(data, len(batch))
                 else:  # woken by the heartbeat, which has already pinged the other readers
                     data = PING
+                if head:
+                    data, head = head + data, b""
                 yield data
         finally:
             events.close()  # a stream cut short is finished here: upstream closed, partial reply saved

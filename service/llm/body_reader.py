@@ -21,6 +21,7 @@ import h11
 from service.llm.chunked import ChunkedDecoder
 
 READ_BYTES = 65536
+FIRST_READ_BYTES = 2048  # a stream's first batch: see ``_dechunked``
 
 
 class WakeUp(Exception):
@@ -58,18 +59,24 @@ def _fresh_chunked_reader(state: h11.Connection) -> bool:
 
 
 def _dechunked(state: h11.Connection, sock: Any) -> Iterator[bytes]:
-    """Locals are emptied before each wait: a stream that idles for seconds must not keep its last read (or the
-    backlog that came with the headers) alive all that time."""
+    """The body, one batch per read. The first batch comes from at most ``FIRST_READ_BYTES``: a fast upstream's
+    first read can hold the whole reply, and parsing all of it before the first write would delay the first token
+    by as much. Locals are emptied before each wait, so a stream that idles keeps no read alive."""
     decoder = ChunkedDecoder()
     buffered = state._receive_buffer  # body bytes that came in with the headers: they are ours now
-    data = decoder.feed(bytes(buffered.maybe_extract_at_most(len(buffered)) or b""))
     recv, feed = sock.recv, decoder.feed
+    size = FIRST_READ_BYTES
+    data = feed(bytes(buffered.maybe_extract_at_most(size) or b""))
     while not decoder.done:
         if data:
             yield data
             data = b""
+            size = READ_BYTES
+        if buffered:  # the rest of what came with the headers
+            data = feed(bytes(buffered.maybe_extract_at_most(len(buffered)) or b""))
+            continue
         try:
-            received = recv(READ_BYTES)
+            received = recv(size)
         except WakeUp:
             yield b""
             continue
@@ -77,11 +84,12 @@ def _dechunked(state: h11.Connection, sock: Any) -> Iterator[bytes]:
             raise h11.RemoteProtocolError("peer closed connection without sending complete message body")
         data = feed(received)
         received = b""
+    leftover = decoder.leftover + bytes(buffered.maybe_extract_at_most(len(buffered)) or b"")
     state.receive_data(b"0\r\n\r\n")  # the body's end as h11 expects it, so the connection can be reused
     if not isinstance(state.next_event(), h11.EndOfMessage):
         raise h11.RemoteProtocolError("h11 did not see the end of the body")
-    if decoder.leftover:
-        state.receive_data(decoder.leftover)
+    if leftover:
+        state.receive_data(leftover)
     if data:
         yield data
 

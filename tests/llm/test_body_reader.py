@@ -10,7 +10,7 @@ import h11
 import pytest
 from gevent import socket
 
-from service.llm.body_reader import WakeUp, _chunks, _dechunked
+from service.llm.body_reader import FIRST_READ_BYTES, WakeUp, _chunks, _dechunked
 
 
 def _client_state(head: bytes) -> h11.Connection:
@@ -66,3 +66,29 @@ def test_a_body_cut_short_is_a_protocol_error() -> None:
         list(_dechunked(state, ours))
     assert state.their_state is not h11.DONE  # so httpcore closes it instead of pooling it
     ours.close()
+
+
+def _chunked_body(pieces: list[bytes]) -> bytes:
+    return b"".join(b"%x\r\n%s\r\n" % (len(piece), piece) for piece in pieces) + b"0\r\n\r\n"
+
+
+@pytest.mark.parametrize("with_headers", [True, False], ids=["came-with-the-headers", "first-recv"])
+def test_a_whole_reply_at_once_goes_out_first_as_a_small_batch(with_headers: bool) -> None:
+    """A fast upstream can send the whole reply in one write; the first batch is cut from its first bytes so the
+    first token is not held back while the rest is parsed. Nothing is lost, and the connection ends reusable."""
+    pieces = [b"data: token %d\n\n" % index for index in range(400)]
+    body = _chunked_body(pieces) + b"HTTP/1.1 200 OK\r\n"  # and the start of a next response, kept for h11
+    assert len(body) > 4 * FIRST_READ_BYTES
+    ours, theirs = socket.socketpair()
+    state = _client_state(CHUNKED + (body if with_headers else b""))
+    if not with_headers:
+        theirs.sendall(body)
+        gevent.sleep(0.05)  # all of it is waiting in the socket
+    batches = list(_dechunked(state, ours))
+    assert 0 < len(batches[0]) <= FIRST_READ_BYTES
+    assert len(batches) >= 2
+    assert b"".join(batches) == b"".join(pieces)
+    assert state.their_state is h11.DONE
+    assert bytes(state._receive_buffer) == b"HTTP/1.1 200 OK\r\n"  # what followed the body is h11's again
+    ours.close()
+    theirs.close()
