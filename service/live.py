@@ -71,6 +71,7 @@ class LiveStream:
                 if head:
                     data, head = head + data, b""
                 yield data
+                del batch, data  # not kept alive while the stream waits for its next read
         finally:
             events.close()  # a stream cut short is finished here: upstream closed, partial reply saved
             self.end()

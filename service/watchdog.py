@@ -61,6 +61,9 @@ class Watchdog:
             self.reader = self.loop.io(client.fileno(), 1)
             self.reader.start(self._on_readable)
         live.on_done.append(self.close)
+        # this timer ends a silent stream (idle timeout) before any read timeout would: the upstream's reads
+        # need no timer of their own (gevent arms and cancels one per wait otherwise)
+        live.chat.upstream.timed_reads = False
         self._arm()
 
     def _arm(self) -> None:

@@ -82,18 +82,26 @@ class ChatStream:
         self.started = time.monotonic()
 
     def events(self) -> Generator[list[Event], None, None]:
+        """The metadata with any tokens that came in with the upstream's headers (one write, not two), each
+        network read's tokens, and the last event; an empty batch when the heartbeat woke the stream."""
+        batch: list[Event] = [self.metadata]
         try:
-            yield [self.metadata]
             try:
                 if self.stop_requested is not None:
                     raise self.stop_requested
-                for texts in self.upstream.batches():
-                    if self.meter is not None:
-                        self.meter.add(len(texts))  # before the batch is shown, so saved == seen
-                    self.parts.extend(texts)
-                    yield [Token(text) for text in texts]
+                next_batch = self.upstream.next_batch
+                texts = next_batch(wait=False)  # never waits: the metadata does not wait for the model
+                while texts is not None:
+                    if texts:
+                        if self.meter is not None:
+                            self.meter.add(len(texts))  # before the batch is shown, so saved == seen
+                        self.parts.extend(texts)
+                        batch += [Token(text) for text in texts]
+                    yield batch
+                    batch, texts = [], None  # neither is kept alive while the stream waits for the model
                     if self.stop_requested is not None:
                         raise self.stop_requested
+                    texts = next_batch()
                 if self.meter is not None:
                     self.meter.flush()
             except StreamError as exc:
@@ -103,7 +111,8 @@ class ChatStream:
                 final = self.finish(InternalError())
             else:
                 final = self.finish(None)
-            yield [final]
+            batch.append(final)
+            yield batch
         finally:
             if not self.finished:
                 self.finish(Cancelled("The client disconnected before the reply finished."))

@@ -7,43 +7,56 @@ one batch of every complete chunk it held. A chunked body (what OpenAI-style ser
 goes through h11's own readers. Either way the connection ends in a clean state and goes back to the SDK's pool
 for keep-alive as usual (the response is closed by its owner).
 
-``body_chunks`` returns None, and the caller falls back to ``iter_raw()``, whenever the internals are not the
-plain HTTP/1.1 ones this expects (HTTP/2, a proxy transport, a compressed body, another httpx2 version).
+The readers are objects with a ``read`` method, not generators: a stream's greenlet keeps every generator it is
+suspended in (its frame, and a slice of C stack per layer), for the whole life of the stream.
+
+``body_reader`` falls back to ``iter_raw()`` whenever the internals are not the plain HTTP/1.1 ones this expects
+(HTTP/2, a proxy transport, a compressed body, another httpx2 version).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Protocol
 
 import h11
 
 from service.llm.chunked import ChunkedDecoder
 
 READ_BYTES = 65536
-FIRST_READ_BYTES = 2048  # a stream's first batch: see ``_dechunked``
+FIRST_READ_BYTES = 2048  # a stream's first batch: see ``ChunkedBodyReader``
 
 
 class WakeUp(Exception):
-    """Thrown into a greenlet blocked in this reader's ``recv``: the reader yields ``b""`` at once and goes on
-    reading. This is how a stream's heartbeat reaches the greenlet that waits on a silent model."""
+    """Thrown into a greenlet blocked in a reader's ``recv``: ``read`` returns ``b""`` at once, and the next
+    ``read`` goes on where it was. This is how a stream's heartbeat reaches the greenlet that waits on a silent
+    model."""
 
 
-def body_chunks(http_response: Any, timeout: float | None) -> Iterator[bytes] | None:
+class BodyReader(Protocol):
+    def read(self, wait: bool = True) -> bytes | None:
+        """The body bytes of the next network read; ``b""`` when woken (or, with ``wait=False``, when nothing is
+        on hand without waiting); None once the body has ended."""
+
+    def settimeout(self, seconds: float | None) -> None:
+        """How long one wait for the upstream may last (None: no limit, and no timer armed per read)."""
+
+
+def body_reader(http_response: Any, timeout: float | None) -> BodyReader:
     try:
         connection = http_response.stream._stream._httpcore_stream._stream._connection
         state = connection._h11_state
         sock = connection._network_stream.get_extra_info("socket")
     except AttributeError:
-        return None
+        return RawReader(http_response.iter_raw())
     if not isinstance(state, h11.Connection) or sock is None:
-        return None
+        return RawReader(http_response.iter_raw())
     if http_response.headers.get("content-encoding", "identity").lower() != "identity":
-        return None
+        return RawReader(http_response.iter_raw())
     sock.settimeout(timeout)
     if http_response.headers.get("transfer-encoding", "").lower() == "chunked" and _fresh_chunked_reader(state):
-        return _dechunked(state, sock)
-    return _chunks(state, sock)
+        return ChunkedBodyReader(state, sock)
+    return H11BodyReader(state, sock)
 
 
 def _fresh_chunked_reader(state: h11.Connection) -> bool:
@@ -58,62 +71,107 @@ def _fresh_chunked_reader(state: h11.Connection) -> bool:
     )
 
 
-def _dechunked(state: h11.Connection, sock: Any) -> Iterator[bytes]:
-    """The body, one batch per read. The first batch comes from at most ``FIRST_READ_BYTES``: a fast upstream's
-    first read can hold the whole reply, and parsing all of it before the first write would delay the first token
-    by as much. Locals are emptied before each wait, so a stream that idles keeps no read alive."""
-    decoder = ChunkedDecoder()
-    buffered = state._receive_buffer  # body bytes that came in with the headers: they are ours now
-    recv, feed = sock.recv, decoder.feed
-    size = FIRST_READ_BYTES
-    data = feed(bytes(buffered.maybe_extract_at_most(size) or b""))
-    while not decoder.done:
-        if data:
-            yield data
-            data = b""
-            size = READ_BYTES
-        if buffered:  # the rest of what came with the headers
-            data = feed(bytes(buffered.maybe_extract_at_most(len(buffered)) or b""))
-            continue
-        try:
-            received = recv(size)
-        except WakeUp:
-            yield b""
-            continue
-        if not received:
-            raise h11.RemoteProtocolError("peer closed connection without sending complete message body")
-        data = feed(received)
-        received = b""
-    leftover = decoder.leftover + bytes(buffered.maybe_extract_at_most(len(buffered)) or b"")
-    state.receive_data(b"0\r\n\r\n")  # the body's end as h11 expects it, so the connection can be reused
-    if not isinstance(state.next_event(), h11.EndOfMessage):
-        raise h11.RemoteProtocolError("h11 did not see the end of the body")
-    if leftover:
-        state.receive_data(leftover)
-    if data:
-        yield data
+class ChunkedBodyReader:
+    """A chunked body, one batch per read. The first batch comes from at most ``FIRST_READ_BYTES``: a fast
+    upstream's first read can hold the whole reply, and parsing all of it before the first write would delay the
+    first token by as much. Body bytes that came in with the headers are read first, without waiting."""
+
+    __slots__ = ("_decoder", "_ended", "_size", "_sock", "_state")
+
+    def __init__(self, state: h11.Connection, sock: Any) -> None:
+        self._state = state
+        self._sock = sock
+        self._decoder = ChunkedDecoder()
+        self._size = FIRST_READ_BYTES
+        self._ended = False
+
+    def read(self, wait: bool = True) -> bytes | None:
+        decoder = self._decoder
+        buffered = self._state._receive_buffer  # body bytes that came in with the headers: they are ours
+        while not decoder.done:
+            if buffered:
+                data = decoder.feed(bytes(buffered.maybe_extract_at_most(self._size) or b""))
+            elif not wait:
+                return b""
+            else:
+                try:
+                    received = self._sock.recv(self._size)
+                except WakeUp:
+                    return b""
+                if not received:
+                    raise h11.RemoteProtocolError("peer closed connection without sending complete message body")
+                data = decoder.feed(received)
+            if data:
+                self._size = READ_BYTES
+                return data
+        if not self._ended:
+            self._ended = True
+            self._end(decoder.leftover + bytes(buffered.maybe_extract_at_most(len(buffered)) or b""))
+        return None
+
+    def _end(self, leftover: bytes) -> None:
+        """Show h11 the body's end as it expects it, so the connection can be reused, then what followed it."""
+        state = self._state
+        state.receive_data(b"0\r\n\r\n")
+        if not isinstance(state.next_event(), h11.EndOfMessage):
+            raise h11.RemoteProtocolError("h11 did not see the end of the body")
+        if leftover:
+            state.receive_data(leftover)
+
+    def settimeout(self, seconds: float | None) -> None:
+        self._sock.settimeout(seconds)
 
 
-def _chunks(state: h11.Connection, sock: Any) -> Iterator[bytes]:
-    next_event, receive, recv = state.next_event, state.receive_data, sock.recv
-    data_type, need_data = h11.Data, h11.NEED_DATA
-    while True:
+class H11BodyReader:
+    """Any other body, through h11's own readers: every ``Data`` event a read completes, joined."""
+
+    __slots__ = ("_ended", "_sock", "_state")
+
+    def __init__(self, state: h11.Connection, sock: Any) -> None:
+        self._state = state
+        self._sock = sock
+        self._ended = False
+
+    def read(self, wait: bool = True) -> bytes | None:
+        next_event, data_type, need_data = self._state.next_event, h11.Data, h11.NEED_DATA
         parts: list[bytes] = []
-        while True:
+        while not self._ended:
             event = next_event()
-            if event is need_data:
-                break
             if type(event) is data_type:
                 parts.append(event.data)  # type: ignore[union-attr]
-            elif isinstance(event, h11.EndOfMessage) or event is h11.PAUSED:
+                continue
+            if event is need_data:
                 if parts:
-                    yield b"".join(parts)
-                return
+                    break
+                if not wait:
+                    return b""
+                try:
+                    received = self._sock.recv(READ_BYTES)
+                except WakeUp:
+                    return b""
+                self._state.receive_data(received)  # b"" at EOF: h11 then raises for a body cut short
+            elif isinstance(event, h11.EndOfMessage) or event is h11.PAUSED:
+                self._ended = True
         if parts:
-            yield b"".join(parts)
-        try:
-            data = recv(READ_BYTES)
-        except WakeUp:
-            yield b""
-            continue
-        receive(data)  # b"" at EOF: h11 then raises for a body cut short
+            return b"".join(parts)
+        return None
+
+    def settimeout(self, seconds: float | None) -> None:
+        self._sock.settimeout(seconds)
+
+
+class RawReader:
+    """httpx2's own ``iter_raw()``, for what the readers above do not handle: it sets its own timeouts."""
+
+    __slots__ = ("_chunks",)
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+
+    def read(self, wait: bool = True) -> bytes | None:
+        if not wait:
+            return b""
+        return next(self._chunks, None)
+
+    def settimeout(self, seconds: float | None) -> None:
+        pass

@@ -21,7 +21,7 @@ import orjson
 from openai.types.chat import ChatCompletionChunk
 
 from service.errors import ContentFiltered, ServiceError, UpstreamFailed
-from service.llm.body_reader import body_chunks
+from service.llm.body_reader import BodyReader, RawReader, body_reader
 from service.llm.errors import map_error_payload, map_open_error
 from service.llm.sse_decoder import SSEDataDecoder
 
@@ -34,66 +34,98 @@ class CompletionRequest:
 
 
 class UpstreamStream:
-    """An open upstream response. Iterate ``batches()`` once; then read ``finish_reason`` and ``usage``.
-
-    The response is closed on every way out of ``batches()``: normal end, error, or ``GeneratorExit``.
+    """An open upstream response. Call ``next_batch()`` until it returns None (or iterate ``batches()`` once);
+    then read ``finish_reason`` and ``usage``. Whoever opened it closes it (``close`` is idempotent).
     """
 
     def __init__(self, response: httpx2.Response, read_timeout: float | None = None) -> None:
         self._response = response
         self.read_timeout = read_timeout
+        # False when a watchdog's one timer bounds this stream's silences: its reads then arm no timer each
+        self.timed_reads = True
         self.finish_reason: str | None = None
         self.usage: tuple[int, int] | None = None
         self.deltas = 0
-        self._drained: gevent.Greenlet[[Iterator[bytes]], None] | None = None
+        self._drained: gevent.Greenlet[[BodyReader, Callable[[], None]], None] | None = None
+        self._reader: BodyReader | None = None
+        self._decoder = SSEDataDecoder()
+        self._failure: ServiceError | None = None
+        self._finished = False
         self.waiting = False  # True only while blocked on the upstream socket: the one safe place to interrupt
         self.wakeable = False  # True when the read is our own, which turns a thrown ``WakeUp`` into an empty batch
 
-    def batches(self) -> Iterator[list[str]]:
-        """Yield the non-empty text deltas of each network read, in order; an empty list when woken."""
-        decoder = SSEDataDecoder()
-        loads = orjson.loads
-        own_chunks = body_chunks(self._response, self.read_timeout)
-        self.wakeable = own_chunks is not None
-        raw_chunks = own_chunks or self._response.iter_raw()
+    def next_batch(self, wait: bool = True) -> list[str] | None:
+        """The non-empty text deltas of the next network read, in order; an empty list when woken (or, with
+        ``wait=False``, when nothing came in with the headers); None at the end. Raises the error the upstream
+        sent after the deltas before it have been returned."""
+        if self._failure is not None:
+            failure, self._failure = self._failure, None
+            self.close()
+            raise failure
+        if self._finished:
+            return None
+        reader = self._reader or self._open_reader()
+        texts: list[str] = []
         try:
-            while True:
-                self.waiting = True
+            while not texts:
+                self.waiting = wait
                 try:
-                    raw = next(raw_chunks)
-                except StopIteration:
-                    return
+                    raw = reader.read(wait)
                 finally:
                     self.waiting = False
-                texts: list[str] = []
-                failure: ServiceError | None = None
-                finished = False
-                woken = not raw  # ``WakeUp``: an empty batch, the heartbeat's turn
-                for data in decoder.feed(raw):
-                    if data == b"[DONE]":
-                        finished = True
-                        break
-                    failure = self._take(loads(data), texts)
-                    if failure is not None:
-                        break
-                raw = data = b""  # not kept alive while the stream waits for its next read
-                if texts:
-                    self.deltas += len(texts)
-                    yield texts
-                elif woken:
-                    yield texts
-                if failure is not None:
-                    raise failure
-                if finished:
+                if raw is None:
+                    self._finished = True
+                    self.close()
+                    return None
+                if not raw:  # ``WakeUp``: an empty batch, the heartbeat's turn
+                    return texts
+                if self._take_all(raw, texts):
                     # the last event need not wait for the body's end
-                    self._drained = gevent.spawn(_drain, raw_chunks, self._response.close)
-                    return
+                    self._finished = True
+                    reader.settimeout(self.read_timeout)  # no watchdog follows the drain: bound its waits
+                    self._drained = gevent.spawn(_drain, reader, self._response.close)
+                    break
+                if self._failure is not None and not texts:
+                    failure, self._failure = self._failure, None
+                    raise failure
+                if not wait:
+                    break
         except ServiceError:
+            self.close()
             raise
         except (httpx2.HTTPError, h11.ProtocolError, OSError, orjson.JSONDecodeError, openai.OpenAIError) as exc:
+            self.close()
             raise UpstreamFailed() from exc
+        if texts or not self._finished:
+            self.deltas += len(texts)
+            return texts
+        return None
+
+    def batches(self) -> Iterator[list[str]]:
+        """``next_batch()`` as an iterator, closing the response however the iteration ends."""
+        try:
+            while (texts := self.next_batch()) is not None:
+                yield texts
         finally:
             self.close()
+
+    def _open_reader(self) -> BodyReader:
+        self._reader = body_reader(self._response, self.read_timeout if self.timed_reads else None)
+        self.wakeable = not isinstance(self._reader, RawReader)
+        return self._reader
+
+    def _take_all(self, raw: bytes, texts: list[str]) -> bool:
+        """Decode one read's events into ``texts``; True at ``[DONE]``. An error event is kept for the next
+        call, so the deltas before it are shown first."""
+        loads = orjson.loads
+        for data in self._decoder.feed(raw):
+            if data == b"[DONE]":
+                return True
+            failure = self._take(loads(data), texts)
+            if failure is not None:
+                self._failure = failure
+                return False
+        return False
 
     def _take(self, chunk: Any, texts: list[str]) -> ServiceError | None:
         """Read one chunk into ``texts``; return the error it carries, if any."""
@@ -125,13 +157,13 @@ class UpstreamStream:
             self._response.close()
 
 
-def _drain(raw_chunks: Iterator[bytes], close: Callable[[], None]) -> None:
+def _drain(reader: BodyReader, close: Callable[[], None]) -> None:
     """Read the body's last bytes after ``[DONE]``, then close the response: a fully read body puts the
     connection back in the pool for reuse, a half-read one throws it away. No timeout here: an exception thrown
     into httpx while it closes would strand the connection in its pool; the read timeout bounds a lingering
     server."""
     try:
-        for _ in raw_chunks:
+        while reader.read() is not None:
             pass
     except (httpx2.HTTPError, h11.ProtocolError, OSError):
         pass

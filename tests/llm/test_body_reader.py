@@ -3,6 +3,7 @@ h11 ends in a state that lets the connection be reused. Both readers: our chunke
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import gevent
@@ -10,7 +11,7 @@ import h11
 import pytest
 from gevent import socket
 
-from service.llm.body_reader import FIRST_READ_BYTES, WakeUp, _chunks, _dechunked
+from service.llm.body_reader import FIRST_READ_BYTES, ChunkedBodyReader, H11BodyReader, WakeUp
 
 
 def _client_state(head: bytes) -> h11.Connection:
@@ -31,8 +32,8 @@ SIZED = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n"
 @pytest.mark.parametrize(
     ("head", "early", "later", "reader"),
     [
-        (CHUNKED, b"5\r\nhel", b"lo\r\n5\r\nworld\r\n0\r\n\r\n", _dechunked),
-        (SIZED, b"hel", b"loworld", _chunks),
+        (CHUNKED, b"5\r\nhel", b"lo\r\n5\r\nworld\r\n0\r\n\r\n", ChunkedBodyReader),
+        (SIZED, b"hel", b"loworld", H11BodyReader),
     ],
 )
 def test_wake_up_yields_an_empty_batch_and_the_body_goes_on(
@@ -40,7 +41,7 @@ def test_wake_up_yields_an_empty_batch_and_the_body_goes_on(
 ) -> None:
     ours, theirs = socket.socketpair()
     state = _client_state(head + early)  # some body bytes came in with the headers, as they do
-    batches: Iterator[bytes] = reader(state, ours)  # type: ignore[operator]
+    batches: Iterator[bytes] = iter(reader(state, ours).read, None)  # type: ignore[operator]
     seen: list[bytes] = []
     consumer = gevent.spawn(lambda: seen.extend(batches))
     gevent.sleep(0.05)  # the reader is now blocked in recv
@@ -63,7 +64,7 @@ def test_a_body_cut_short_is_a_protocol_error() -> None:
     theirs.sendall(b"5\r\nhel")
     theirs.close()
     with pytest.raises(h11.RemoteProtocolError):
-        list(_dechunked(state, ours))
+        list(iter(ChunkedBodyReader(state, ours).read, None))
     assert state.their_state is not h11.DONE  # so httpcore closes it instead of pooling it
     ours.close()
 
@@ -84,11 +85,27 @@ def test_a_whole_reply_at_once_goes_out_first_as_a_small_batch(with_headers: boo
     if not with_headers:
         theirs.sendall(body)
         gevent.sleep(0.05)  # all of it is waiting in the socket
-    batches = list(_dechunked(state, ours))
+    batches = list(iter(ChunkedBodyReader(state, ours).read, None))
     assert 0 < len(batches[0]) <= FIRST_READ_BYTES
     assert len(batches) >= 2
     assert b"".join(batches) == b"".join(pieces)
     assert state.their_state is h11.DONE
     assert bytes(state._receive_buffer) == b"HTTP/1.1 200 OK\r\n"  # what followed the body is h11's again
+    ours.close()
+    theirs.close()
+
+
+def test_a_read_that_must_not_wait_takes_only_what_came_with_the_headers() -> None:
+    """``wait=False`` is how the metadata picks up tokens that are already here without waiting for the model."""
+    ours, theirs = socket.socketpair()
+    state = _client_state(CHUNKED + b"5\r\nhello\r\n3\r\nwo")
+    reader = ChunkedBodyReader(state, ours)
+    assert reader.read(wait=False) == b"hellowo"
+    started = time.monotonic()
+    assert reader.read(wait=False) == b""  # nothing more on hand: back at once
+    assert time.monotonic() - started < 0.05
+    theirs.sendall(b"r\r\n2\r\nld\r\n0\r\n\r\n")
+    assert b"".join(iter(reader.read, None)) == b"rld"
+    assert state.their_state is h11.DONE
     ours.close()
     theirs.close()

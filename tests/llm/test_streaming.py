@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import socket
+import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -136,3 +140,50 @@ def test_azure_routes_by_deployment_with_api_version_and_key(upstream: FakeUpstr
     request = upstream.recorder.requests[-1]
     assert request["path"] == "/openai/deployments/my-deployment/chat/completions?api-version=2024-10-21"
     assert request["headers"]["api-key"] == "azure-key"
+
+
+@pytest.fixture
+def one_write_upstream() -> Iterator[str]:
+    """An upstream that sends its whole reply, headers and all, in one write (as a fast local model can)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        connection, _ = listener.accept()
+        with connection:
+            received = b""
+            while b"\r\n\r\n" not in received:
+                received += connection.recv(65536)
+            head, _, body = received.partition(b"\r\n\r\n")
+            length = next(
+                int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")
+            )
+            while len(body) < length:
+                body += connection.recv(65536)
+            chunks = [{"choices": [{"index": 0, "delta": {"content": f"w{index} "}}]} for index in range(5)]
+            chunks.append({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+            payload = b"".join(b"data: %s\n\n" % json.dumps(chunk).encode() for chunk in chunks) + b"data: [DONE]\n\n"
+            connection.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n"
+                b"Connection: close\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(payload), payload)
+            )
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}/v1"
+    thread.join(5)
+    listener.close()
+
+
+def test_tokens_that_came_in_with_the_headers_are_on_hand_without_waiting(one_write_upstream: str) -> None:
+    stream = service_for(one_write_upstream).open(CompletionRequest("m", [{"role": "user", "content": "x"}]))
+    assert stream.next_batch(wait=False) == [f"w{index} " for index in range(5)]
+    assert stream.next_batch() is None
+    assert stream.finish_reason == "stop"
+
+
+def test_a_model_slow_to_start_leaves_nothing_on_hand_and_no_wait(upstream: FakeUpstream) -> None:
+    stream = open_stream(upstream, "slow start #tokens=3 #first_delay=1")
+    started = time.monotonic()
+    assert stream.next_batch(wait=False) == []
+    assert time.monotonic() - started < 0.2  # the metadata goes out at once, not after the model's first token
+    assert [token for batch in stream.batches() for token in batch] == ["Baby", " sleep", " patterns"]
