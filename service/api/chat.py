@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from flask import Blueprint, Response, request
@@ -16,6 +16,7 @@ from service.chat.service import ChatRequest, ChatStream
 from service.errors import Cancelled, InvalidRequest, NotFound, RateLimited
 from service.extensions import Services, services
 from service.live import LiveStream
+from service.metrics import Metrics
 from service.schemas import ChatRequestSchema, load
 from service.watchdog import Watchdog
 
@@ -35,6 +36,21 @@ def _chat_request(found: Services, user_id: str) -> ChatRequest:
     return ChatRequest(user_id, body["message"], str(conversation) if conversation else None, model)
 
 
+class _StreamEnded:
+    """A stream's end: its slot is released and it is counted. An object, not a closure: every open stream holds
+    one."""
+
+    __slots__ = ("metrics", "release")
+
+    def __init__(self, release: Callable[[], None], metrics: Metrics) -> None:
+        self.release = release
+        self.metrics = metrics
+
+    def __call__(self, chat: ChatStream) -> None:
+        self.release()
+        self.metrics.stream_ended(chat.outcome, chat.upstream.deltas, time.monotonic() - chat.started)
+
+
 def _open(found: Services, user_id: str) -> ChatStream:
     """Guards, then the service: budget and the open-stream cap are checked before any upstream call."""
     request_ = _chat_request(found, user_id)
@@ -44,10 +60,7 @@ def _open(found: Services, user_id: str) -> ChatStream:
         limit = found.settings.max_streams_per_user
         raise RateLimited(f"You already have {limit} streams open; wait for one to finish.", retry_after=2)
 
-    def ended(chat: ChatStream) -> None:
-        release()
-        found.metrics.stream_ended(chat.outcome, chat.upstream.deltas, time.monotonic() - chat.started)
-
+    ended = _StreamEnded(release, found.metrics)
     try:
         chat = found.chat.open_stream(request_, meter=found.budget.meter(user_id, remaining_tokens), on_end=ended)
     except BaseException:

@@ -216,6 +216,9 @@ class StreamingService:
         except Exception as exc:
             raise map_open_error(exc) from exc
         read_timeout = response.request.extensions.get("timeout", {}).get("read")
+        # The request (its ~15 headers twice over, its URL, its extensions: ~3.6 KB) is sent and not read again;
+        # an open stream would hold it to its end. httpx2 reads and closes a response without one.
+        response._request = None
         return UpstreamStream(response, read_timeout)
 
     def moderate(self, text: str) -> bool:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 
+import httpx2
 import pytest
 
 from service.config import Settings
@@ -187,3 +190,16 @@ def test_a_model_slow_to_start_leaves_nothing_on_hand_and_no_wait(upstream: Fake
     assert stream.next_batch(wait=False) == []
     assert time.monotonic() - started < 0.2  # the metadata goes out at once, not after the model's first token
     assert [token for batch in stream.batches() for token in batch] == ["Baby", " sleep", " patterns"]
+
+
+def test_an_open_stream_lets_go_of_its_sent_request(upstream: FakeUpstream) -> None:
+    """The request's headers, URL and body are not needed once the response is in; a stream that stays open for
+    minutes must not keep them (memory per open stream)."""
+    service = service_for(upstream.base_url)
+    sent: list[weakref.ref[httpx2.Request]] = []
+    service.client._client.event_hooks = {"request": [lambda request: sent.append(weakref.ref(request))]}
+    stream = service.open(CompletionRequest("m", [{"role": "user", "content": "held open #tokens=3 #delay=0.05"}]))
+    gc.collect()
+    assert len(sent) == 1
+    assert sent[0]() is None  # released while the stream is still open...
+    assert [token for batch in stream.batches() for token in batch] == ["Baby", " sleep", " patterns"]  # ...and whole
