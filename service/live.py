@@ -97,7 +97,8 @@ class LiveStream:
             self._publish(encode_event(self.prefix, len(chat.parts) + 1, final), 1)
         self.done = True
         self.finished_at = time.monotonic()
-        for callback in self.on_done:
+        callbacks, self.on_done = self.on_done, []
+        for callback in callbacks:
             callback()
         if self.mirror is not None:
             self.mirror.close()

@@ -39,7 +39,7 @@ class UpstreamStream:
     """
 
     def __init__(self, response: httpx2.Response, read_timeout: float | None = None) -> None:
-        self._response = response
+        self._response: httpx2.Response | None = response
         self.read_timeout = read_timeout
         # False when a watchdog's one timer bounds this stream's silences: its reads then arm no timer each
         self.timed_reads = True
@@ -62,9 +62,10 @@ class UpstreamStream:
             failure, self._failure = self._failure, None
             self.close()
             raise failure
-        if self._finished:
+        response = self._response
+        if self._finished or response is None:
             return None
-        reader = self._reader or self._open_reader()
+        reader = self._reader or self._open_reader(response)
         texts: list[str] = []
         try:
             while not texts:
@@ -83,7 +84,7 @@ class UpstreamStream:
                     # the last event need not wait for the body's end
                     self._finished = True
                     reader.settimeout(self.read_timeout)  # no watchdog follows the drain: bound its waits
-                    self._drained = gevent.spawn(_drain, reader, self._response.close)
+                    self._drained = gevent.spawn(_drain, reader, response.close)
                     break
                 if self._failure is not None and not texts:
                     failure, self._failure = self._failure, None
@@ -109,8 +110,8 @@ class UpstreamStream:
         finally:
             self.close()
 
-    def _open_reader(self) -> BodyReader:
-        self._reader = body_reader(self._response, self.read_timeout if self.timed_reads else None)
+    def _open_reader(self, response: httpx2.Response) -> BodyReader:
+        self._reader = body_reader(response, self.read_timeout if self.timed_reads else None)
         self.wakeable = not isinstance(self._reader, RawReader)
         return self._reader
 
@@ -153,8 +154,11 @@ class UpstreamStream:
         return None
 
     def close(self) -> None:
-        if self._drained is None:
-            self._response.close()
+        """Close the response (if the drain will not) and let go of it and its reader: a finished stream stays
+        replayable for minutes, and needs neither. Idempotent."""
+        response, self._response, self._reader = self._response, None, None
+        if response is not None and self._drained is None:
+            response.close()
 
 
 def _drain(reader: BodyReader, close: Callable[[], None]) -> None:

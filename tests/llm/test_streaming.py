@@ -203,3 +203,19 @@ def test_an_open_stream_lets_go_of_its_sent_request(upstream: FakeUpstream) -> N
     assert len(sent) == 1
     assert sent[0]() is None  # released while the stream is still open...
     assert [token for batch in stream.batches() for token in batch] == ["Baby", " sleep", " patterns"]  # ...and whole
+
+
+def test_a_finished_stream_lets_go_of_its_response(upstream: FakeUpstream) -> None:
+    """A finished stream stays replayable for minutes; its upstream response and reader are not needed for that."""
+    service = service_for(upstream.base_url)
+    received: list[weakref.ref[httpx2.Response]] = []
+    service.client._client.event_hooks = {"response": [lambda response: received.append(weakref.ref(response))]}
+    stream = service.open(CompletionRequest("m", [{"role": "user", "content": "let go #tokens=3 #keepalive"}]))
+    assert [token for batch in stream.batches() for token in batch] == ["Baby", " sleep", " patterns"]
+    assert stream._drained is not None
+    stream._drained.join(5)
+    gc.collect()
+    assert len(received) == 1
+    assert received[0]() is None
+    assert stream.finish_reason == "stop"
+    assert stream.next_batch() is None
