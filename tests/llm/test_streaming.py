@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import gc
-import json
-import socket
-import threading
 import time
 import weakref
 from collections.abc import Iterator
@@ -19,6 +16,7 @@ from service.llm.providers import build_client
 from service.llm.streaming import CompletionRequest, StreamingService, UpstreamStream
 from service.metrics import upstream_pool_size
 from tests.fake_upstream import FakeUpstream
+from tests.one_write_upstream import WORDS, one_write_upstream
 
 
 def service_for(base_url: str, attempts: int = 3) -> StreamingService:
@@ -146,40 +144,14 @@ def test_azure_routes_by_deployment_with_api_version_and_key(upstream: FakeUpstr
 
 
 @pytest.fixture
-def one_write_upstream() -> Iterator[str]:
-    """An upstream that sends its whole reply, headers and all, in one write (as a fast local model can)."""
-    listener = socket.create_server(("127.0.0.1", 0))
-
-    def serve() -> None:
-        connection, _ = listener.accept()
-        with connection:
-            received = b""
-            while b"\r\n\r\n" not in received:
-                received += connection.recv(65536)
-            head, _, body = received.partition(b"\r\n\r\n")
-            length = next(
-                int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")
-            )
-            while len(body) < length:
-                body += connection.recv(65536)
-            chunks = [{"choices": [{"index": 0, "delta": {"content": f"w{index} "}}]} for index in range(5)]
-            chunks.append({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
-            payload = b"".join(b"data: %s\n\n" % json.dumps(chunk).encode() for chunk in chunks) + b"data: [DONE]\n\n"
-            connection.sendall(
-                b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n"
-                b"Connection: close\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(payload), payload)
-            )
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{listener.getsockname()[1]}/v1"
-    thread.join(5)
-    listener.close()
+def one_write() -> Iterator[str]:
+    with one_write_upstream() as base_url:
+        yield base_url
 
 
-def test_tokens_that_came_in_with_the_headers_are_on_hand_without_waiting(one_write_upstream: str) -> None:
-    stream = service_for(one_write_upstream).open(CompletionRequest("m", [{"role": "user", "content": "x"}]))
-    assert stream.next_batch(wait=False) == [f"w{index} " for index in range(5)]
+def test_tokens_that_came_in_with_the_headers_are_on_hand_without_waiting(one_write: str) -> None:
+    stream = service_for(one_write).open(CompletionRequest("m", [{"role": "user", "content": "x"}]))
+    assert stream.next_batch(wait=False) == WORDS
     assert stream.next_batch() is None
     assert stream.finish_reason == "stop"
 
