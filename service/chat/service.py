@@ -53,7 +53,7 @@ class ChatRequest:
 class ChatStream:
     """One running chat turn. ``events()`` yields batches of events; run it once.
 
-    ``interruptible`` is True only while the pump waits on the upstream socket: the one moment a watchdog may
+    ``interruptible`` is True only while the stream waits on the upstream socket: the one moment a watchdog may
     throw into it (never while it saves, closes or counts; see ``LiveStream.stop``).
     """
 

@@ -35,7 +35,8 @@ class CompletionRequest:
 
 class UpstreamStream:
     """An open upstream response. Call ``next_batch()`` until it returns None (or iterate ``batches()`` once);
-    then read ``finish_reason`` and ``usage``. Whoever opened it closes it (``close`` is idempotent).
+    then read ``finish_reason`` and ``usage``. The response is closed at its end and on every error; a caller that
+    stops early calls ``close()`` (idempotent).
     """
 
     def __init__(self, response: httpx2.Response, read_timeout: float | None = None) -> None:
