@@ -5,13 +5,14 @@ The last user message may carry directives, e.g. ``"hi #tokens=5 #delay=0.5 #fai
 ``#status=CODE`` or ``#status=CODExK`` (fail the first K attempts only); ``#fail_after=N`` drop the connection
 after N tokens; ``#error_after=N`` send an ``error`` object after N tokens; ``#silence=S`` go quiet after the
 first token; ``#azure`` add filter-only and empty-choices chunks; ``#no_usage``; ``#filter_after=N`` finish
-with ``content_filter``; ``#length`` finish with ``length``; ``#keepalive`` keep the connection open for the next
-request (otherwise it is closed after each reply). It records every request and when each
-connection closed, as the upstream saw it.
+with ``content_filter``; ``#length`` finish with ``length``; ``#one_write`` send the whole reply, headers and
+all, in one write; ``#keepalive`` keep the connection open for the next request (otherwise it is closed after
+each reply). It records every request and when each connection closed, as the upstream saw it.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import select
@@ -140,6 +141,12 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
         self.wfile.flush()
 
+    def _send_buffered(self, socket_writer: Any, reply: io.BytesIO) -> None:
+        """With ``#one_write``: what was written so far goes out now, in one write."""
+        if self.wfile is reply:
+            self.wfile = socket_writer
+            socket_writer.write(reply.getvalue())
+
     def _stream(self, script: dict[str, str], message: str) -> None:
         recorder = self.server.recorder
         connection = Connection(message, time.monotonic(), peer_port=self.client_address[1])
@@ -150,6 +157,9 @@ class _Handler(BaseHTTPRequestHandler):
         tokens = [(word if index == 0 else " " + word) for index, word in enumerate(WORDS * (count // len(WORDS) + 1))][
             :count
         ]
+        socket_writer, reply = self.wfile, io.BytesIO()
+        if "one_write" in script:  # the whole reply, headers and all, in one write (as a fast local model can)
+            self.wfile = reply
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Transfer-Encoding", "chunked")
@@ -212,11 +222,13 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(b"[DONE]")
             self.wfile.write(b"0\r\n\r\n")
             self.wfile.flush()
+            self._send_buffered(socket_writer, reply)
             connection.completed = True
             self._wait(0.05)
         except OSError:
             pass
         finally:
+            self._send_buffered(socket_writer, reply)
             connection.closed_at = time.monotonic()
             self.close_connection = "keepalive" not in script
 

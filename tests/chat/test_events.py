@@ -1,4 +1,4 @@
-"""ChatStream's batches of events, against real upstreams through the real SDK and a real SQLite store."""
+"""ChatStream's batches of events, against the real scripted upstream through the real SDK and real SQLite."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from service.store.conversations import ConversationStore
 from service.store.database import Database
 from tests.fake_upstream import FakeUpstream
 from tests.llm.test_streaming import service_for
-from tests.one_write_upstream import WORDS, one_write_upstream
 
 
 def _chat(base_url: str, message: str, folder: Path) -> ChatStream:
@@ -23,13 +22,12 @@ def _chat(base_url: str, message: str, folder: Path) -> ChatStream:
     return ChatStream(metadata, ChatRequest("user", message), upstream, ConversationStore(database), 1)
 
 
-def test_tokens_that_came_in_with_the_headers_go_out_with_the_metadata(tmp_path: Path) -> None:
+def test_tokens_that_came_in_with_the_headers_go_out_with_the_metadata(upstream: FakeUpstream, tmp_path: Path) -> None:
     """One write for the metadata and the first tokens, where the upstream's first bytes already held them."""
-    with one_write_upstream() as base_url:
-        batches = list(_chat(base_url, "fast", tmp_path).events())
+    batches = list(_chat(upstream.base_url, "fast #tokens=3 #one_write", tmp_path).events())
     first = batches[0]
     assert isinstance(first[0], Metadata)
-    assert [event.content for event in first[1:] if isinstance(event, Token)] == WORDS
+    assert [event.content for event in first[1:] if isinstance(event, Token)] == ["Baby", " sleep", " patterns"]
     assert isinstance(batches[-1][-1], Done)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import gc
 import time
 import weakref
-from collections.abc import Iterator
 
 import httpx2
 import pytest
@@ -16,7 +15,6 @@ from service.llm.providers import build_client
 from service.llm.streaming import CompletionRequest, StreamingService, UpstreamStream
 from service.metrics import upstream_pool_size
 from tests.fake_upstream import FakeUpstream
-from tests.one_write_upstream import WORDS, one_write_upstream
 
 
 def service_for(base_url: str, attempts: int = 3) -> StreamingService:
@@ -143,15 +141,9 @@ def test_azure_routes_by_deployment_with_api_version_and_key(upstream: FakeUpstr
     assert request["headers"]["api-key"] == "azure-key"
 
 
-@pytest.fixture
-def one_write() -> Iterator[str]:
-    with one_write_upstream() as base_url:
-        yield base_url
-
-
-def test_tokens_that_came_in_with_the_headers_are_on_hand_without_waiting(one_write: str) -> None:
-    stream = service_for(one_write).open(CompletionRequest("m", [{"role": "user", "content": "x"}]))
-    assert stream.next_batch(wait=False) == WORDS
+def test_tokens_that_came_in_with_the_headers_are_on_hand_without_waiting(upstream: FakeUpstream) -> None:
+    stream = open_stream(upstream, "fast #tokens=5 #one_write")
+    assert stream.next_batch(wait=False) == ["Baby", " sleep", " patterns", " change", " a"]
     assert stream.next_batch() is None
     assert stream.finish_reason == "stop"
 
