@@ -60,9 +60,8 @@ class UpstreamStream:
         ``wait=False``, when nothing came in with the headers); None at the end. Raises the error the upstream
         sent after the deltas before it have been returned."""
         if self._failure is not None:
-            failure, self._failure = self._failure, None
             self.close()
-            raise failure
+            raise self._pop_failure()
         response = self._response
         if self._finished or response is None:
             return None
@@ -88,8 +87,7 @@ class UpstreamStream:
                     self._drained = gevent.spawn(_drain, reader, response.close)
                     break
                 if self._failure is not None and not texts:
-                    failure, self._failure = self._failure, None
-                    raise failure
+                    raise self._pop_failure()
                 if not wait:
                     break
         except ServiceError:
@@ -110,6 +108,11 @@ class UpstreamStream:
                 yield texts
         finally:
             self.close()
+
+    def _pop_failure(self) -> ServiceError:
+        failure, self._failure = self._failure, None
+        assert failure is not None
+        return failure
 
     def _open_reader(self, response: httpx2.Response) -> BodyReader:
         self._reader = body_reader(response, self.read_timeout if self.timed_reads else None)
