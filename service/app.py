@@ -11,6 +11,7 @@ from flask import Flask
 from service.api import chat, conversations, health, pages
 from service.api.errors import register_error_handlers
 from service.auth import Authenticator
+from service.chat.context import ContextBuilder
 from service.chat.service import ChatService
 from service.config import Settings, default_database_url
 from service.extensions import KEY, Services
@@ -18,6 +19,8 @@ from service.limits import TokenBudget, build_request_limiter, build_stream_slot
 from service.live import CancelRelay, StreamRegistry, end_streams_on_sigterm
 from service.llm.providers import build_clients
 from service.llm.streaming import StreamingService
+from service.llm.tokens import LocalTokenizer, TokenCounter
+from service.llm.windows import ContextWindows
 from service.metrics import Metrics, upstream_connections_in_use, upstream_pool_size
 from service.shared_streams import SharedStreams
 from service.store.conversations import ConversationStore
@@ -43,7 +46,7 @@ def build_app(overrides: Mapping[str, Any] | None = None, settings: Settings | N
         settings=settings,
         database=database,
         conversations=store,
-        chat=ChatService(settings, StreamingService(*build_clients(settings)), store),
+        chat=ChatService(settings, StreamingService(*build_clients(settings)), store, _context_builder(settings)),
         streams=StreamRegistry(),
         auth=auth,
         timing=Timing(settings.heartbeat_seconds, settings.stream_idle_timeout, settings.stream_max_seconds),
@@ -65,6 +68,14 @@ def build_app(overrides: Mapping[str, Any] | None = None, settings: Settings | N
     register_error_handlers(app)
     build_request_limiter(app, settings, auth)
     return app
+
+
+def _context_builder(settings: Settings) -> ContextBuilder:
+    """The local model is asked for its window and counts its own tokens; providers get estimates."""
+    local = settings.local_model_url
+    windows = ContextWindows(dict(settings.context_windows), settings.context_window, local)
+    counter = TokenCounter(LocalTokenizer(local) if local else None)
+    return ContextBuilder(settings.system_prompt, settings.max_tokens, windows, counter)
 
 
 def _register_gauges(found: Services) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful, concise assistant. Answer clearly and say so when you are not sure."
 LOCAL_MODEL_NAME = "smollm2-135m-instruct"
+LOCAL_REPLY_CAP = 512  # the demo model's replies: long enough for an answer, short of a runaway loop
 _RATE = re.compile(r"^\s*(\d+)\s*(?:/|\s+per\s+)\s*(\d+\s+)?(second|minute|hour|day)s?\s*$")
 
 
@@ -44,6 +45,8 @@ class Settings:
     chat_models: tuple[str, ...] = ()
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     max_tokens: int | None = None
+    context_window: int | None = None  # tokens, for any model not in ``context_windows``
+    context_windows: tuple[tuple[str, int], ...] = ()  # per model
     upstream_attempts: int = 3
     upstream_connect_timeout: float = 5.0
     database_url: str = ""
@@ -90,9 +93,12 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
         reader = _Reader(env)
-        local = not (env.get("AZURE_OPENAI_ENDPOINT") or env.get("OPENAI_API_KEY") or env.get("OPENAI_BASE_URL"))
+        provider_set = env.get("AZURE_OPENAI_ENDPOINT") or env.get("OPENAI_API_KEY") or env.get("OPENAI_BASE_URL")
+        local = bool(env.get("LOCAL_MODEL_URL")) or not provider_set  # the master points workers at it
         chat_model = reader.text("CHAT_MODEL", LOCAL_MODEL_NAME if local else "gpt-4o-mini")
         redis_url = reader.optional("REDIS_URL")
+        reply_cap = reader.optional_int("MAX_COMPLETION_TOKENS") or (LOCAL_REPLY_CAP if local else None)
+        any_model_window, model_windows = reader.windows("MODEL_CONTEXT_WINDOW")
         settings = cls(
             openai_api_key=reader.optional("OPENAI_API_KEY"),
             openai_base_url=reader.optional("OPENAI_BASE_URL"),
@@ -102,7 +108,9 @@ class Settings:
             chat_model=chat_model,
             chat_models=reader.items("CHAT_MODELS") or (chat_model,),
             system_prompt=reader.text("SYSTEM_PROMPT", DEFAULT_SYSTEM_PROMPT),
-            max_tokens=reader.optional_int("MAX_COMPLETION_TOKENS"),
+            max_tokens=reply_cap,
+            context_window=any_model_window,
+            context_windows=model_windows,
             upstream_attempts=reader.integer("UPSTREAM_ATTEMPTS", 3, minimum=1),
             database_url=reader.text("DATABASE_URL", ""),
             redis_url=redis_url,
@@ -176,6 +184,24 @@ class _Reader:
             return int(raw)
         except ValueError:
             raise ConfigError(f"Config {name!r} must be a whole number, got {raw!r}.") from None
+
+    def windows(self, name: str) -> tuple[int | None, tuple[tuple[str, int], ...]]:
+        """``8192`` (every model) or ``gpt-4o=128000,my-deployment=32768`` (per model), or both mixed."""
+        default: int | None = None
+        per_model: list[tuple[str, int]] = []
+        for item in self.items(name):
+            model, _, size = item.rpartition("=")
+            try:
+                tokens = int(size)
+            except ValueError:
+                raise ConfigError(f"Config {name!r} must look like '8192' or 'model=8192,...', got {item!r}.") from None
+            if tokens < 256:
+                raise ConfigError(f"Config {name!r} must give at least 256 tokens, got {item!r}.")
+            if model.strip():
+                per_model.append((model.strip(), tokens))
+            else:
+                default = tokens
+        return default, tuple(per_model)
 
     def switch(self, name: str) -> bool:
         raw = (self.optional(name) or "off").lower()

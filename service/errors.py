@@ -4,12 +4,14 @@
 ServiceError                      code                 status  (retryable once streaming)
 ├── RequestError                  (before the stream: plain HTTP + JSON body)
 │   ├── InvalidRequest            validation_error     400
+│   ├── ContextTooLong            context_too_long     400
 │   ├── UnsafeInput               unsafe_input         400
 │   ├── Unauthorized              unauthorized         401
 │   ├── NotFound                  not_found            404
 │   ├── PayloadTooLarge           payload_too_large    413
 │   ├── UnsupportedMediaType      unsupported_media_type 415
 │   ├── RateLimited               rate_limited         429 (+ Retry-After)
+│   ├── UpstreamRejected          upstream_rejected    502
 │   └── UpstreamUnavailable       upstream_unavailable 503
 └── StreamError                   (after the first byte: an SSE ``error`` event)
     ├── IdleTimeout               idle_timeout         retryable
@@ -60,6 +62,21 @@ class InvalidRequest(RequestError):
     code, status, default_message = "validation_error", 400, "The request is not valid."
 
 
+class ContextTooLong(RequestError):
+    """The message (with the system prompt and the reply's reserve) does not fit the model's context window even
+    without history. ``window`` is the provider's own figure when it named one (it sharpens the next estimate)."""
+
+    code, status = "context_too_long", 400
+    default_message = (
+        "The message and this conversation do not fit the model's context window: "
+        "start a new conversation or shorten the message."
+    )
+
+    def __init__(self, message: str | None = None, window: int | None = None) -> None:
+        super().__init__(message)
+        self.window = window
+
+
 class UnsafeInput(RequestError):
     code, status, default_message = "unsafe_input", 400, "The message was refused by a safety check."
 
@@ -91,6 +108,14 @@ class RateLimited(RequestError):
         super().__init__(message, {"retryAfter": retry_after})
         self.retry_after = max(1, retry_after)
         self.headers = {"Retry-After": str(self.retry_after)}
+
+
+class UpstreamRejected(RequestError):
+    """The provider refused the request itself (a 4xx other than 408 and 429): retrying cannot help, so it is
+    neither retried nor reported as an outage. The message says which side must act."""
+
+    code, status = "upstream_rejected", 502
+    default_message = "The model service refused the request."
 
 
 class UpstreamUnavailable(RequestError):

@@ -10,12 +10,13 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from service import schemas
 
 _ERRORS = {
-    "400": "validation_error or unsafe_input",
+    "400": "validation_error, unsafe_input or context_too_long",
     "401": "unauthorized",
     "404": "not_found",
     "413": "payload_too_large",
     "415": "unsupported_media_type",
     "429": "rate_limited (see Retry-After)",
+    "502": "upstream_rejected (the provider refused the request itself; not retryable)",
     "503": "upstream_unavailable",
 }
 _EVENT_STREAM = {
@@ -61,7 +62,7 @@ def build_spec() -> dict[str, Any]:
     }.items():
         spec.components.schema(name, schema=schema)
     body = {"required": True, "content": {"application/json": {"schema": "ChatRequest"}}}
-    all_errors = _errors("400", "401", "404", "413", "415", "429", "503")
+    all_errors = _errors("400", "401", "404", "413", "415", "429", "502", "503")
     stream_id, conversation_id = _path_parameter("streamId"), _path_parameter("conversationId")
     last_event = {"name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "string"}}
     page = [{"name": name, "in": "query", "schema": {"type": "integer"}} for name in ("limit", "offset")]

@@ -7,7 +7,9 @@ after N tokens; ``#error_after=N`` send an ``error`` object after N tokens; ``#s
 first token; ``#azure`` add filter-only and empty-choices chunks; ``#no_usage``; ``#filter_after=N`` finish
 with ``content_filter``; ``#length`` finish with ``length``; ``#one_write`` send the whole reply, headers and
 all, in one write; ``#keepalive`` keep the connection open for the next request (otherwise it is closed after
-each reply). It records every request and when each connection closed, as the upstream saw it.
+each reply); ``#context=PROVIDER #window=N`` refuse, in that provider's words (``CONTEXT_ERRORS``), any request
+whose messages hold more than N characters in all. It records every request and when each connection closed, as
+the upstream saw it.
 """
 
 from __future__ import annotations
@@ -27,6 +29,81 @@ WORDS = (
     "Baby sleep patterns change a lot in the first year . Newborns sleep sixteen hours a day in short "
     "stretches , and longer nights come with time ."
 ).split()
+# How each kind of server words a prompt that does not fit its context window: (status, body).
+CONTEXT_ERRORS: dict[str, tuple[int, dict[str, Any]]] = {
+    "openai": (
+        400,
+        {
+            "error": {
+                "message": "This model's maximum context length is 8192 tokens. However, your messages resulted in "
+                "9100 tokens. Please reduce the length of the messages.",
+                "type": "invalid_request_error",
+                "param": "messages",
+                "code": "context_length_exceeded",
+            }
+        },
+    ),
+    "openai_responses": (
+        400,
+        {
+            "error": {
+                "message": "Your input exceeds the context window of this model. Please adjust your input and try "
+                "again.",
+                "type": "invalid_request_error",
+                "param": "input",
+                "code": "context_length_exceeded",
+            }
+        },
+    ),
+    "azure": (
+        400,
+        {
+            "error": {
+                "code": "context_length_exceeded",
+                "message": "This model's maximum context length is 8192 tokens. However, you requested 9100 tokens "
+                "(8900 in the messages, 200 in the completion). Please reduce the length of the messages or "
+                "completion.",
+                "param": "messages",
+                "type": "invalid_request_error",
+                "status": 400,
+            }
+        },
+    ),
+    "llamacpp": (
+        400,
+        {
+            "error": {
+                "code": 400,
+                "message": "request (2101 tokens) exceeds the available context size (2048 tokens), try increasing it",
+                "type": "exceed_context_size_error",
+                "n_prompt_tokens": 2101,
+                "n_ctx": 2048,
+            }
+        },
+    ),
+    "llamacpp_old": (
+        500,
+        {
+            "error": {
+                "code": 500,
+                "message": "the request exceeds the available context size, try increasing the context size or "
+                "enable context shift",
+                "type": "server_error",
+            }
+        },
+    ),
+    "vllm": (
+        400,
+        {
+            "object": "error",
+            "message": "This model's maximum context length is 2048 tokens. However, you requested 2300 tokens "
+            "(1788 in the messages, 512 in the completion). Please reduce the length of the messages or completion.",
+            "type": "BadRequestError",
+            "param": None,
+            "code": 400,
+        },
+    ),
+}
 _DIRECTIVE = re.compile(r"#(\w+)(?:=([\w.]+))?")
 
 
@@ -102,6 +179,11 @@ class _Handler(BaseHTTPRequestHandler):
                 {"id": "m", "model": "mod", "results": [{"flagged": flagged, "categories": {}, "category_scores": {}}]},
             )
             return
+        if "context" in script:
+            size = sum(len(str(item.get("content") or "")) for item in messages)
+            if size > int(script.get("window", "0")):
+                self._json(*CONTEXT_ERRORS[script["context"]])
+                return
         if "status" in script:
             code, _, times = script["status"].partition("x")
             if not times or attempt <= int(times):

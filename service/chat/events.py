@@ -36,15 +36,19 @@ class Metadata:
     conversation_id: str
     message_id: str
     model: str
+    omitted_turns: int = 0  # earlier messages left out of the model's context to fit its window
 
     def payload(self) -> dict[str, Any]:
-        return {
+        body: dict[str, Any] = {
             "type": "metadata",
             "streamId": self.stream_id,
             "conversationId": self.conversation_id,
             "messageId": self.message_id,
             "model": self.model,
         }
+        if self.omitted_turns:
+            body["omittedTurns"] = self.omitted_turns
+        return body
 
 
 @dataclass(frozen=True, slots=True)

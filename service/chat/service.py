@@ -13,7 +13,7 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from service.chat.context import build_messages, estimate_prompt_tokens
+from service.chat.context import Context, ContextBuilder
 from service.chat.events import Done, Error, Event, Metadata, Token, Usage
 from service.chat.reply import ReplyParts
 from service.chat.safety import checked_message
@@ -21,6 +21,7 @@ from service.config import Settings
 from service.errors import (
     Cancelled,
     ContentFiltered,
+    ContextTooLong,
     InternalError,
     NotFound,
     RateLimited,
@@ -169,10 +170,13 @@ class ChatStream:
 
 
 class ChatService:
-    def __init__(self, settings: Settings, streaming: StreamingService, store: ConversationStore) -> None:
+    def __init__(
+        self, settings: Settings, streaming: StreamingService, store: ConversationStore, context: ContextBuilder
+    ) -> None:
         self.settings = settings
         self.streaming = streaming
         self.store = store
+        self.context = context
 
     def open_stream(
         self,
@@ -194,11 +198,28 @@ class ChatService:
             if found is None:
                 raise NotFound("No such conversation.")
             history = found
-        messages = build_messages(settings.system_prompt, history, message)
         model = request.model or settings.chat_model
-        upstream = self.streaming.open(CompletionRequest(model, messages, settings.max_tokens))
-        metadata = Metadata(uuid.uuid4().hex, conversation_id, str(uuid.uuid4()), model)
-        return ChatStream(metadata, request, upstream, self.store, estimate_prompt_tokens(messages), meter, on_end)
+        context, upstream = self._open_upstream(model, history, message)
+        metadata = Metadata(uuid.uuid4().hex, conversation_id, str(uuid.uuid4()), model, context.omitted)
+        return ChatStream(metadata, request, upstream, self.store, context.prompt_tokens, meter, on_end)
+
+    def _open_upstream(
+        self, model: str, history: list[tuple[str, str]], message: str
+    ) -> tuple[Context, UpstreamStream]:
+        """Fit the context to the model's window and open the stream. A provider that still finds it too long
+        (it counts with its own tokenizer) gets one more try with half the history kept, then the user is told."""
+        context = self.context.build(model, history, message)
+        try:
+            return context, self.streaming.open(CompletionRequest(model, context.messages, self.settings.max_tokens))
+        except ContextTooLong as refused:
+            if refused.window:
+                self.context.windows.learn(model, refused.window)
+            kept = len(context.messages) - (2 if self.settings.system_prompt else 1)
+            if kept == 0 and not refused.window:
+                raise ContextTooLong() from None
+            log.info("model %s refused %d history messages as too long; retrying with fewer", model, kept)
+        context = self.context.build(model, history, message, keep_at_most=kept // 2)
+        return context, self.streaming.open(CompletionRequest(model, context.messages, self.settings.max_tokens))
 
     def chat(self, stream: ChatStream) -> dict[str, Any]:
         """Run a stream to its end and answer as one JSON body (the non-streaming fallback)."""

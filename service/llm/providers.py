@@ -29,22 +29,39 @@ def build_http_client(settings: Settings) -> httpx2.Client:
     )
 
 
+def _retryable(response: httpx2.Response) -> bool:
+    """Only passing trouble is worth another attempt: 408, 429 and 5xx. The SDK also retries 409, a refusal
+    of the request itself that no retry mends."""
+    status = response.status_code
+    return status in (408, 429) or status >= 500
+
+
+class _OpenAI(openai.OpenAI):
+    def _should_retry(self, response: httpx2.Response) -> bool:
+        return _retryable(response) and super()._should_retry(response)
+
+
+class _AzureOpenAI(openai.AzureOpenAI):
+    def _should_retry(self, response: httpx2.Response) -> bool:
+        return _retryable(response) and super()._should_retry(response)
+
+
 def build_client(settings: Settings) -> openai.OpenAI:
-    """The SDK retries connection errors, 429 and 5xx itself: ``upstream_attempts`` in all.
+    """The SDK retries connection errors, 408, 429 and 5xx itself: ``upstream_attempts`` in all.
 
     On Azure the request's model is the deployment name, so a request may pick any of ``CHAT_MODELS``.
     """
     retries = settings.upstream_attempts - 1
     http_client = build_http_client(settings)
     if settings.provider == "azure":
-        return openai.AzureOpenAI(
+        return _AzureOpenAI(
             azure_endpoint=settings.azure_endpoint or "",
             api_key=settings.azure_api_key,
             api_version=settings.openai_api_version,
             max_retries=retries,
             http_client=http_client,
         )
-    return openai.OpenAI(
+    return _OpenAI(
         api_key=settings.openai_api_key or "local",
         base_url=settings.openai_base_url,
         max_retries=retries,

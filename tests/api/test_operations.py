@@ -35,7 +35,7 @@ def test_openapi_agrees_with_the_wire(client: FlaskClient) -> None:
     }
     assert set(paths["/api/v1/ai/chat/stream/{streamId}"]) == {"get", "delete"}
     stream_responses = paths["/api/v1/ai/chat/stream"]["post"]["responses"]
-    assert set(stream_responses) == {"200", "400", "401", "404", "413", "415", "429", "503"}
+    assert set(stream_responses) == {"200", "400", "401", "404", "413", "415", "429", "502", "503"}
     assert "text/event-stream" in stream_responses["200"]["content"]
     request = document["components"]["schemas"]["ChatRequest"]
     assert set(request["properties"]) == set(ChatRequestSchema().fields) == {"message", "conversationId", "model"}
