@@ -27,7 +27,11 @@ graceful_timeout = _int("GUNICORN_GRACEFUL_TIMEOUT", 30)
 keepalive = _int("GUNICORN_KEEPALIVE", 5)
 backlog = _int("GUNICORN_BACKLOG", 4096)
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
-accesslog = os.environ.get("GUNICORN_ACCESS_LOG") or None
+# one line per request, after its last byte: who, what, the status, the bytes and how long it took (a stream's
+# whole length). GUNICORN_ACCESS_LOG=off turns it off, or names a file instead of standard output.
+_access = os.environ.get("GUNICORN_ACCESS_LOG", "").strip() or "-"
+accesslog = None if _access.lower() in {"off", "none", "false", "0"} else _access
+access_log_format = '%(h)s "%(r)s" %(s)s %(B)s %(M)sms "%(a)s"'
 errorlog = "-"
 preload_app = False  # the app imports httpx2; it must load after the worker has monkey-patched
 # gevent's default resolver runs every getaddrinfo (one per new upstream connection, IP literals included) on a

@@ -43,6 +43,7 @@ class Metadata(_Wire):
     conversation_id: str
     message_id: str
     model: str
+    omitted_turns: int = 0  # earlier messages the service left out of the model's context to fit its window
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,13 @@ class ValidationFailed(ChatClientError):
     code = "validation_error"
 
 
+class ContextTooLong(ChatClientError):
+    """Not an outage: the message and the conversation do not fit the model's window. Start a new conversation
+    (``conversation_id=None``) or send a shorter message; retrying as is fails the same way."""
+
+    code = "context_too_long"
+
+
 class UnsafeInput(ChatClientError):
     code = "unsafe_input"
 
@@ -116,6 +124,13 @@ class UnsupportedMediaType(ChatClientError):
 
 class RateLimited(ChatClientError):
     code = "rate_limited"  # ``retry_after``: seconds, from the Retry-After header
+
+
+class UpstreamRejected(ChatClientError):
+    """The provider refused the request itself (its credentials, the model name): the service's operator must
+    act; retrying does not help."""
+
+    code = "upstream_rejected"
 
 
 class UpstreamUnavailable(ChatClientError):
@@ -158,7 +173,9 @@ def parse_event(data: dict[str, Any]) -> Event | None:
     kind, error = data.get("type"), data.get("error") or {}
     if kind == "metadata":
         stream_id, conversation_id, message_id, model = (str(data.get(key, "")) for key in METADATA_KEYS)
-        return Metadata(stream_id, conversation_id, message_id, model, raw=data)
+        omitted = data.get("omittedTurns")
+        omitted_turns = omitted if isinstance(omitted, int) else 0
+        return Metadata(stream_id, conversation_id, message_id, model, omitted_turns, raw=data)
     if kind == "token":
         return Token(str(data.get("content", "")), raw=data)
     if kind == "done":
@@ -339,6 +356,8 @@ def main(argv: list[str] | None = None) -> int:
             for event in client.stream(args.message, args.conversation, args.model):
                 if args.json:
                     print(json.dumps(event.raw), flush=True)
+                elif isinstance(event, Metadata) and event.omitted_turns:
+                    print(f"({event.omitted_turns} earlier messages left out to fit the model)", file=sys.stderr)
                 elif isinstance(event, Token):
                     print(event.content, end="", flush=True)
                 if isinstance(event, StreamError):
@@ -348,9 +367,17 @@ def main(argv: list[str] | None = None) -> int:
             if not args.json:
                 print(flush=True)
             return 0
+        except ContextTooLong as error:
+            print(_sentence(error.message), file=sys.stderr)
+            print("Start a new conversation (leave out --conversation) or send a shorter message.", file=sys.stderr)
+            return 1
         except ChatClientError as error:
             print(_sentence(error.message), file=sys.stderr)
             return 1
+        except BrokenPipeError:
+            # the reader went away (``| head``): stop quietly, and keep Python from complaining at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import pytest
 from service.client import (
     ChatClient,
     ConnectionFailed,
+    ContextTooLong,
     Done,
     Metadata,
     NotFound,
@@ -29,6 +30,7 @@ from service.client import (
     Token,
     Unauthorized,
     UnsafeInput,
+    UpstreamRejected,
     UpstreamUnavailable,
     ValidationFailed,
     parse_event,
@@ -214,6 +216,31 @@ def test_upstream_down_is_upstream_unavailable(chat: ChatClient) -> None:
     assert (down.value.status, down.value.code) == (503, "upstream_unavailable")
 
 
+def test_context_too_long_is_its_own_error_not_an_outage(chat: ChatClient) -> None:
+    with pytest.raises(ContextTooLong) as refused:
+        list(chat.stream("too long #context=llamacpp #window=10"))
+    assert (refused.value.status, refused.value.code) == (400, "context_too_long")
+    assert "new conversation" in refused.value.message
+    assert not isinstance(refused.value, UpstreamUnavailable)
+
+
+def test_a_provider_refusal_is_upstream_rejected(chat: ChatClient) -> None:
+    with pytest.raises(UpstreamRejected) as refused:
+        list(chat.stream("bad key #status=401"))
+    assert (refused.value.status, refused.value.code) == (502, "upstream_rejected")
+
+
+def test_metadata_says_how_many_turns_were_left_out(server_factory: ServerFactory) -> None:
+    server = server_factory(MODEL_CONTEXT_WINDOW="400", MAX_COMPLETION_TOKENS="100")
+    with ChatClient(server.url) as client:
+        first, *_ = list(client.stream("left out 1 #tokens=60"))
+        assert isinstance(first, Metadata) and first.omitted_turns == 0
+        conversation = first.conversation_id
+        list(client.stream("left out 2 #tokens=60", conversation))
+        third, *_ = list(client.stream("left out 3 #tokens=60", conversation))
+    assert isinstance(third, Metadata) and third.omitted_turns == 2
+
+
 def test_error_event_is_yielded_and_ends_the_stream(chat: ChatClient) -> None:
     events = list(chat.stream("breaks #tokens=5 #fail_after=2"))
     assert [type(event) for event in events] == [Metadata, Token, Token, StreamError]
@@ -281,6 +308,25 @@ def test_cli_json_prints_one_event_per_line(server: GunicornServer) -> None:
     lines = [json.loads(line) for line in done.stdout.splitlines()]
     assert done.returncode == 0
     assert [line["type"] for line in lines] == ["metadata", "token", "token", "done"]
+
+
+def test_cli_into_a_closed_pipe_exits_quietly(server: GunicornServer) -> None:
+    """``python -m service.client --json ... | head -1``: the reader leaves after one line."""
+    command = [sys.executable, "-m", "service.client", "--url", server.url, "--json", "piped #tokens=40 #delay=0.01"]
+    with subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as process:
+        assert process.stdout is not None and process.stderr is not None
+        first = process.stdout.readline()
+        process.stdout.close()
+        stderr = process.stderr.read().decode()
+        code = process.wait(30)
+    assert json.loads(first)["type"] == "metadata"
+    assert (code, stderr) == (0, "")
+
+
+def test_cli_context_too_long_says_what_to_do(server: GunicornServer) -> None:
+    failed = run_cli("--url", server.url, "huge #context=openai #window=10")
+    assert failed.returncode == 1
+    assert "Start a new conversation" in failed.stderr and "try again shortly" not in failed.stderr
 
 
 def test_cli_error_event_exits_1_with_a_sentence(server: GunicornServer) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import re
 import runpy
 import time
 
@@ -17,6 +18,7 @@ from tests.servers import ROOT
 
 def settings_for(monkeypatch: pytest.MonkeyPatch, **env: str) -> dict[str, object]:
     names = ("GUNICORN_BIND", "WEB_CONCURRENCY", "GUNICORN_WORKER_CONNECTIONS", "GUNICORN_TIMEOUT", "LOG_LEVEL")
+    monkeypatch.delenv("GUNICORN_ACCESS_LOG", raising=False)
     for name in (*names, "GEVENT_RESOLVER", "GEVENT_TRACK_GREENLET_TREE"):
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
@@ -48,6 +50,29 @@ def test_everything_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> Non
         45,
         "debug",
     )
+
+
+def test_the_access_log_is_on_by_default_and_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert settings_for(monkeypatch)["accesslog"] == "-"
+    assert settings_for(monkeypatch, GUNICORN_ACCESS_LOG="off")["accesslog"] is None
+    assert settings_for(monkeypatch, GUNICORN_ACCESS_LOG="/var/log/chat.log")["accesslog"] == "/var/log/chat.log"
+
+
+def test_the_access_log_has_a_line_per_request_with_its_status(server_factory: ServerFactory) -> None:
+    server = server_factory()
+    streamed = httpx.post(f"{server.url}/api/v1/ai/chat/stream", json={"message": "logged #tokens=3"}, timeout=10)
+    refused = httpx.post(f"{server.url}/api/v1/ai/chat/stream", json={"message": ""}, timeout=10)
+    assert (streamed.status_code, refused.status_code) == (200, 400)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        lines = [line for line in server.log().splitlines() if "/api/v1/ai/chat/stream HTTP/1.1" in line]
+        if len(lines) >= 2:
+            break
+        time.sleep(0.05)
+    assert len(lines) == 2, server.log()
+    assert '"POST /api/v1/ai/chat/stream HTTP/1.1" 200 ' in lines[0]
+    assert '"POST /api/v1/ai/chat/stream HTTP/1.1" 400 ' in lines[1]
+    assert re.search(r'" 200 \d+ \d+ms "', lines[0]), lines[0]  # the bytes sent and the stream's duration
 
 
 def test_a_bad_number_fails_loudly(monkeypatch: pytest.MonkeyPatch) -> None:
