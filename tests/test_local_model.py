@@ -146,3 +146,43 @@ def test_a_configured_provider_turns_the_local_model_off(tmp_path: Path) -> None
         assert "localModel" not in httpx.get(f"{server.url}/readyz").json()["checks"]
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def small_window(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GunicornServer]:
+    """The local model with 512 tokens a slot (``-c 2048 -np 4``): a window that fills in a few turns, and turns
+    cheap enough for the suite. The window is read from the model server itself, not from this setting."""
+    server = local_server(tmp_path_factory.mktemp("small-window"))
+    server.env.update({"LOCAL_MODEL_CONTEXT": "2048", "WEB_CONCURRENCY": "1"})
+    yield server.start(timeout=180)
+    server.stop()
+
+
+def test_a_long_conversation_keeps_streaming_as_its_window_fills(small_window: GunicornServer) -> None:
+    """Twelve turns of ~100-token messages overflow the 512-token window by the third: every turn still streams
+    a reply, the model is never sent more than its window (it would refuse), the oldest turns are left out, and
+    the metadata says how many."""
+    paragraph = " ".join(f"Point {index}: babies wake at night and settle with a calm routine." for index in range(6))
+    conversation = None
+    omitted = []
+    for turn in range(12):
+        body = {"message": f"Turn {turn}. {paragraph} Summarise this in one line."}
+        if conversation:
+            body["conversationId"] = conversation
+        events = stream(small_window.url, body)
+        assert events[-1].type == "done", (turn, events[-1].data)
+        assert any(event.type == "token" for event in events), turn
+        conversation = events[0].data["conversationId"]
+        omitted.append(events[0].data.get("omittedTurns", 0))
+        assert events[-1].data["usage"]["promptTokens"] <= 512 - 60, turn
+    assert omitted[0] == 0
+    assert omitted[-1] >= 4  # the window filled, and the oldest turns made room
+    assert "retrying with fewer" not in small_window.log()  # fitted before sending: the model never refused
+    saved = httpx.get(f"{small_window.url}/api/v1/ai/conversations/{conversation}").json()
+    assert len(saved["messages"]) == 24  # every turn is kept in the conversation itself
+
+
+def test_a_message_too_long_for_the_window_alone_is_context_too_long(small_window: GunicornServer) -> None:
+    response = httpx.post(f"{small_window.url}/api/v1/ai/chat/stream", json={"message": "xq7 " * 400}, timeout=30)
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "context_too_long"
