@@ -13,10 +13,13 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlparse
 
+import httpx
 import jwt
 import pytest
 
+from service.store.conversations import TITLE_CHARS
 from tests.conftest import ServerFactory
 from tests.fake_upstream import WORDS, FakeUpstream
 from tests.servers import ROOT, GunicornServer
@@ -30,13 +33,16 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-RETRY_LIMIT = 3  # chat.js RETRY_LIMIT: retries after the first attempt
+RETRY_LIMIT = 3  # turn.js RETRY_LIMIT: retries after the first attempt
 SCREENSHOT = ROOT / "test-output" / "chat-page.png"
 UPSTREAM_ERROR = "The AI service ran into a problem while answering, so the reply is incomplete. Please try again."
+CONTEXT_TOO_LONG = "This conversation is too long for the model: start a new conversation or shorten your message."
+STOPPED = "You stopped this reply."
+NOT_FINISHED = "This reply was not finished."
 SECRET = "browser-test-secret-that-is-long-enough-for-hs256"
 
 try:
-    from playwright.sync_api import Browser, Page, Playwright, Route, expect, sync_playwright
+    from playwright.sync_api import Browser, ConsoleMessage, Page, Playwright, Route, expect, sync_playwright
 except ImportError:
     MISSING: str | None = (
         "Playwright is not installed: run `.venv/bin/pip install -r requirements-browser.txt` "
@@ -113,6 +119,35 @@ def wait_finished(page: Page, timeout: float = 15_000) -> None:
 
 def last_reply(page: Page) -> Any:
     return page.locator("#messages .message.assistant").last
+
+
+def conversation_in_url(page: Page) -> str:
+    """The conversation id the page put in its address (``?c=<id>``)."""
+    found = parse_qs(urlparse(page.url).query).get("c", [])
+    assert len(found) == 1, f"no conversation in {page.url}"
+    return found[0]
+
+
+def saved_conversation(server: GunicornServer, conversation_id: str) -> dict[str, Any]:
+    response = httpx.get(f"{server.url}/api/v1/ai/conversations/{conversation_id}", timeout=10)
+    assert response.status_code == 200, response.text
+    result: dict[str, Any] = response.json()
+    return result
+
+
+def shown_messages(page: Page) -> list[tuple[str, str]]:
+    """(role, text) of each finished message in the thread."""
+    found: list[list[str]] = page.evaluate(
+        """() => [...document.querySelectorAll("#messages .message")].map((node) =>
+          [node.classList.contains("user") ? "user" : "assistant", node.querySelector(".text").textContent])"""
+    )
+    return [(role, text) for role, text in found]
+
+
+def running_streams(page: Page) -> list[str]:
+    """The sessionStorage keys of streams the page remembers for a reload."""
+    keys: list[str] = page.evaluate("Object.keys(sessionStorage).filter((key) => key.startsWith('chat.stream.'))")
+    return keys
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
@@ -232,6 +267,38 @@ def test_stop_cancels_the_stream_and_the_upstream_request(
     assert len(deletes) == 1 and re.search(r"/api/v1/ai/chat/stream/[0-9a-f]{32}$", deletes[0]), deletes
 
 
+def test_stop_shows_exactly_the_partial_reply_that_was_saved(
+    page: Page, server: GunicornServer, upstream: FakeUpstream
+) -> None:
+    """Tokens keep coming after the click, until the server acts on the DELETE, and some have arrived but not
+    been read when the click is handled (here: the page was busy for 300 ms). The page reads on to the
+    stream's ``cancelled`` and draws them all, so it shows what the server saved, not what was drawn at the
+    click."""
+    open_chat(page, server)
+    tag = marker("stop-saved")
+    send(page, f"{tag} #tokens=400 #delay=0.005")
+    expect(page.locator("#reply .text")).not_to_have_text("")
+    drawn = page.evaluate(
+        """() => {
+          const drawn = document.querySelector("#reply .text").textContent;
+          const until = performance.now() + 300;
+          while (performance.now() < until); // busy: what arrives now waits in the network buffer
+          document.querySelector("#stop").click();
+          return drawn;
+        }"""
+    )
+    wait_finished(page)
+    reply = last_reply(page)
+    expect(reply.locator(".note")).to_have_text(STOPPED)
+    assert upstream.connection_for(tag).completed is False, "stopped mid-reply"
+
+    saved = saved_conversation(server, conversation_in_url(page))["messages"]
+    assert [(item["role"], item["status"]) for item in saved] == [("user", "complete"), ("assistant", "incomplete")]
+    shown = reply.locator(".text").text_content()
+    assert shown == saved[1]["content"]
+    assert len(drawn) < len(shown or "") < len(reply_for(400)), "tokens that came after the click are shown"
+
+
 def test_sse_parser_handles_split_and_joined_events(page: Page, server: GunicornServer) -> None:
     open_chat(page, server)
     result = page.evaluate(
@@ -301,10 +368,11 @@ def test_every_error_code_reads_as_a_sentence(page: Page, server: GunicornServer
     open_chat(page, server)
     sentences = page.evaluate(
         """async () => {
-          const { describeError } = await import("/static/chat.js");
+          const { describeError } = await import("/static/errors.js");
           const codes = ["idle_timeout", "rate_limited", "upstream_error", "content_filtered", "cancelled",
             "server_shutdown", "internal", "validation_error", "unsafe_input", "unauthorized", "not_found",
-            "payload_too_large", "upstream_unavailable", "unsupported_media_type", "network"];
+            "payload_too_large", "upstream_unavailable", "unsupported_media_type", "context_too_long",
+            "upstream_rejected", "network"];
           const out = Object.fromEntries(codes.map((code) => [code, describeError(code)]));
           out.rate_limited_after = describeError("rate_limited", { retryAfter: 42 });
           out.rate_limited_minutes = describeError("rate_limited", { retryAfter: 600 });
@@ -318,6 +386,7 @@ def test_every_error_code_reads_as_a_sentence(page: Page, server: GunicornServer
         assert "_" not in sentence, (code, sentence)
     assert "try again in 42 seconds" in sentences["rate_limited_after"]
     assert "try again in 10 minutes" in sentences["rate_limited_minutes"]
+    assert sentences["context_too_long"] == CONTEXT_TOO_LONG
 
 
 def test_rate_limited_says_when_to_try_again(page: Page, server_factory: ServerFactory) -> None:
@@ -439,28 +508,226 @@ def test_lost_connection_resumes_with_last_event_id(
     assert streamed[0].completed is not server_notices
 
 
-def test_reload_keeps_the_conversation_and_it_can_be_deleted(page: Page, server: GunicornServer) -> None:
+def test_the_address_names_the_conversation_and_a_reload_returns_to_it(page: Page, server: GunicornServer) -> None:
     open_chat(page, server)
     tag = marker("reload")
     message = f"{tag} How long do newborns sleep? #tokens=5"
     send(page, message)
     wait_finished(page)
+    first = conversation_in_url(page)
     expect(page.locator("#conversations .conversation.current", has_text=tag)).to_have_count(1)
 
     page.reload()
-    expect(page.locator("#messages .message")).to_have_count(0)
-    entry = page.locator("#conversations .conversation", has_text=tag)
-    entry.locator(".open").click()
     expect(page.locator("#conversation-title")).to_have_text(message)
-    expect(page.locator("#messages .message.user .text")).to_have_text([message])
-    expect(page.locator("#messages .message.assistant .text")).to_have_text([reply_for(5)])
+    assert conversation_in_url(page) == first
+    assert shown_messages(page) == [("user", message), ("assistant", reply_for(5))]
+    entry = page.locator("#conversations .conversation", has_text=tag)
     expect(entry.locator(".open")).to_have_attribute("aria-current", "true")
+
+    page.click("#new-conversation")
+    expect(page.locator("#conversation-title")).to_have_text("New conversation")
+    assert "c" not in parse_qs(urlparse(page.url).query)
+    other = marker("other")
+    send(page, f"{other} #tokens=2")
+    wait_finished(page)
+    assert conversation_in_url(page) != first
+    page.go_back()  # to the first conversation: the new one's page took its own history entry
+    expect(page.locator("#conversation-title")).to_have_text(message)
+    assert conversation_in_url(page) == first
+    expect(page.locator("#messages .message.assistant .text")).to_have_text([reply_for(5)])
 
     page.once("dialog", lambda dialog: dialog.accept())
     entry.locator(".delete").click()
     expect(entry).to_have_count(0)
     expect(page.locator("#conversation-title")).to_have_text("New conversation")
     expect(page.locator("#messages .message")).to_have_count(0)
+    assert "c" not in parse_qs(urlparse(page.url).query)
+
+
+def test_a_reload_mid_reply_picks_the_stream_up_and_shows_what_was_saved(
+    page: Page, server: GunicornServer, upstream: FakeUpstream
+) -> None:
+    """The reloaded page resumes the stream from the Last-Event-ID it had. However the server treated the old
+    page's connection closing (ended the stream, or kept it for a client coming back), the thread ends up as the
+    server saved it, each message once."""
+    open_chat(page, server)
+    earlier = f"{marker('earlier')} #tokens=2"
+    send(page, earlier)
+    wait_finished(page)
+    tag = marker("reload-mid-reply")
+    message = f"{tag} #tokens=60 #delay=0.1"
+    send(page, message)
+    expect(page.locator("#reply .text")).to_contain_text(reply_for(3))
+    conversation = conversation_in_url(page)
+
+    with page.expect_request(lambda request: "/api/v1/ai/chat/stream/" in request.url) as resumed:
+        page.reload()
+    request = resumed.value
+    assert request.method == "GET"
+    stream_id = request.url.rsplit("/", 1)[1]
+    last_event_id = request.headers.get("last-event-id", "")
+    assert re.fullmatch(rf"{stream_id}:\d+", last_event_id), last_event_id
+    assert int(last_event_id.split(":")[1]) >= 3, "resumed from where the old page was, not from the start"
+
+    expect(page.locator("#messages .message")).to_have_count(4)
+    wait_finished(page)
+    saved = saved_conversation(server, conversation)["messages"]
+    assert [item["role"] for item in saved] == ["user", "assistant", "user", "assistant"]
+    assert shown_messages(page) == [(item["role"], item["content"]) for item in saved]
+    assert saved[2]["content"] == message
+    assert reply_for(60).startswith(saved[3]["content"]) and len(saved[3]["content"]) >= len(reply_for(3))
+    if saved[3]["status"] == "incomplete":
+        expect(last_reply(page).locator(".note")).to_have_text(NOT_FINISHED)
+    assert running_streams(page) == []
+
+
+def test_a_stream_still_running_after_a_reload_is_followed_live(
+    page: Page, server: GunicornServer, upstream: FakeUpstream
+) -> None:
+    """What a reload finds when the server keeps the stream running for a client coming back: a second tab
+    given the first one's remembered stream opens the conversation and follows the reply live to its end."""
+    open_chat(page, server)
+    tag = marker("still-running")
+    send(page, f"{tag} #tokens=40 #delay=0.1")
+    expect(page.locator("#reply .text")).not_to_have_text("")
+    conversation = conversation_in_url(page)
+    key = f"chat.stream.{conversation}"
+    assert running_streams(page) == [key]
+    remembered = page.evaluate("(key) => sessionStorage.getItem(key)", key)
+
+    other = page.context.new_page()
+    errors: list[str] = []
+    other.on("pageerror", lambda error: errors.append(str(error)))
+    other.goto(f"{server.url}/")
+    other.evaluate("([key, value]) => sessionStorage.setItem(key, value)", [key, remembered])
+    other.goto(f"{server.url}/?c={conversation}")
+    expect(other.locator("#reply .text")).not_to_have_text("")
+    assert upstream.connection_for(tag).completed is False, "joined while the model was still writing"
+    expect(other.locator("#conversation-title")).to_have_text(f"{tag} #tokens=40 #delay=0.1")
+    wait_finished(other)
+    wait_finished(page)
+
+    saved = saved_conversation(server, conversation)["messages"]
+    assert [(item["role"], item["status"]) for item in saved] == [("user", "complete"), ("assistant", "complete")]
+    assert saved[1]["content"] == reply_for(40)
+    assert shown_messages(other) == [(item["role"], item["content"]) for item in saved]
+    expect(other.locator("#messages .message.assistant .meta")).to_contain_text("40 tokens")
+    assert running_streams(other) == [] and running_streams(page) == []
+    assert errors == []
+
+
+def test_a_remembered_stream_that_finished_meanwhile_is_shown_once(page: Page, server: GunicornServer) -> None:
+    """The stream ended and was saved between the old page leaving and the new one loading: the saved
+    conversation already holds the reply that the resume replays, and the page shows it once."""
+    open_chat(page, server)
+    send(page, f"{marker('earlier')} #tokens=2")
+    wait_finished(page)
+    send(page, f"{marker('finished-meanwhile')} #tokens=12 #delay=0.05")
+    expect(page.locator("#reply")).to_have_count(1)
+    conversation = conversation_in_url(page)
+    key = f"chat.stream.{conversation}"
+    remembered = page.wait_for_function("(key) => sessionStorage.getItem(key)", arg=key).json_value()
+    wait_finished(page)
+    assert running_streams(page) == []
+    page.evaluate("([key, value]) => sessionStorage.setItem(key, value)", [key, remembered])
+
+    with page.expect_response(lambda response: "/api/v1/ai/chat/stream/" in response.url) as resumed:
+        page.reload()
+    assert resumed.value.status == 200
+    expect(page.locator("#messages .message")).to_have_count(4)
+    wait_finished(page)
+    saved = saved_conversation(server, conversation)["messages"]
+    assert shown_messages(page) == [(item["role"], item["content"]) for item in saved]
+    assert saved[3]["content"] == reply_for(12)
+    assert running_streams(page) == []
+
+
+def test_a_remembered_stream_that_is_gone_shows_the_saved_conversation(page: Page, server: GunicornServer) -> None:
+    open_chat(page, server)
+    message = f"{marker('gone')} #tokens=4"
+    send(page, message)
+    wait_finished(page)
+    conversation = conversation_in_url(page)
+    ghost = uuid.uuid4().hex
+    remembered = {"streamId": ghost, "lastEventId": f"{ghost}:2", "messageId": "", "message": "lost", "text": "Baby"}
+    page.evaluate(
+        "([key, value]) => sessionStorage.setItem(key, JSON.stringify(value))",
+        [f"chat.stream.{conversation}", remembered],
+    )
+
+    with page.expect_response(lambda response: ghost in response.url) as resumed:
+        page.reload()
+    assert (resumed.value.request.method, resumed.value.status) == ("GET", 404)
+    expect(page.locator("#messages .message")).to_have_count(2)
+    expect(page.locator("#reply")).to_have_count(0)
+    assert shown_messages(page) == [("user", message), ("assistant", reply_for(4))]
+    assert running_streams(page) == []
+
+
+def test_the_live_title_is_the_title_the_server_saves(page: Page, server: GunicornServer) -> None:
+    open_chat(page, server)
+    tag = marker("title")
+    words = "and   naps\tand  nights,   " * 8
+    message = f"{tag}    Tell me\t\tabout  baby 👶   sleep,\n\n   please   {words} #tokens=20 #delay=0.1"
+    expected = " ".join(message.split())[:TITLE_CHARS]
+    assert len(" ".join(message.split())) > TITLE_CHARS and "👶" in expected
+    send(page, message)
+
+    live = page.locator("#conversations .conversation.current.provisional .title")
+    expect(live).to_have_count(1)
+    heading = page.locator("#conversation-title")
+    assert (live.text_content(), heading.text_content()) == (expected, expected)
+    expect(page.locator("#reply")).to_have_count(1)  # still streaming after the read: nothing was saved yet
+    wait_finished(page)
+
+    listed = httpx.get(f"{server.url}/api/v1/ai/conversations", timeout=10).json()["conversations"]
+    saved = [item["title"] for item in listed if item["id"] == conversation_in_url(page)]
+    assert saved == [expected]
+    loaded = page.locator("#conversations .conversation.current:not(.provisional) .title")
+    expect(loaded).to_have_count(1)  # the list as the server has it now
+    assert loaded.text_content() == expected
+    expect(live).to_have_count(0)
+
+
+def test_a_chat_logs_no_console_errors(page: Page, server: GunicornServer) -> None:
+    problems: list[str] = []
+
+    def console(message: ConsoleMessage) -> None:
+        if message.type in ("error", "warning"):
+            problems.append(f"{message.type}: {message.text}")
+
+    page.on("console", console)
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    open_chat(page, server)
+    icon = page.locator("link[rel=icon]").get_attribute("href")
+    assert icon
+    for path in (icon, "/favicon.ico"):  # the page's own link, and the path browsers try by convention
+        response = page.request.get(f"{server.url}{path}")
+        assert response.status == 200 and "svg" in response.headers["content-type"], path
+
+    for name in ("first", "second"):
+        send(page, f"{marker(name)} Tell me about baby sleep #tokens=8 #delay=0.02")
+        wait_finished(page)
+    page.reload()
+    expect(page.locator("#messages .message")).to_have_count(4)
+    expect(page.locator("#conversations .conversation.current")).to_have_count(1)
+    assert problems == []
+
+
+def test_context_too_long_says_so_and_offers_a_new_conversation(page: Page, server: GunicornServer) -> None:
+    open_chat(page, server)
+    send(page, f"{marker('first')} #tokens=2")
+    wait_finished(page)
+    message = f"{marker('too-long')} #context=openai #window=10"
+    send(page, message)
+    wait_finished(page)
+    reply = last_reply(page)
+    expect(reply.locator(".error")).to_have_text(CONTEXT_TOO_LONG)
+    reply.get_by_role("button", name="New conversation").click()
+    expect(page.locator("#conversation-title")).to_have_text("New conversation")
+    expect(page.locator("#messages .message")).to_have_count(0)
+    expect(page.locator("#message")).to_have_value(message)
+    assert "c" not in parse_qs(urlparse(page.url).query)
 
 
 def test_pause_freezes_the_display_and_resume_catches_up(
@@ -488,8 +755,11 @@ def test_pause_freezes_the_display_and_resume_catches_up(
     expect(last_reply(page).locator(".text")).to_have_text(reply_for(20))
 
 
-def test_leaving_the_page_cancels_the_stream(page: Page, server: GunicornServer, upstream: FakeUpstream) -> None:
-    open_chat(page, server)
+def test_leaving_the_page_ends_the_stream(page: Page, server_factory: ServerFactory, upstream: FakeUpstream) -> None:
+    """The page does not cancel on leaving (a reload picks the stream up): the closed connection ends it, at once
+    on a server that keeps no stream for a client coming back."""
+    no_grace = server_factory(RESUME_GRACE_SECONDS="0")
+    open_chat(page, no_grace)
     tag = marker("leave")
     send(page, f"{tag} #tokens=200 #delay=0.1")
     expect(page.locator("#reply .text")).not_to_have_text("")
