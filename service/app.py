@@ -49,7 +49,12 @@ def build_app(overrides: Mapping[str, Any] | None = None, settings: Settings | N
         chat=ChatService(settings, StreamingService(*build_clients(settings)), store, _context_builder(settings)),
         streams=StreamRegistry(),
         auth=auth,
-        timing=Timing(settings.heartbeat_seconds, settings.stream_idle_timeout, settings.stream_max_seconds),
+        timing=Timing(
+            settings.heartbeat_seconds,
+            settings.stream_idle_timeout,
+            settings.stream_max_seconds,
+            settings.resume_grace_seconds,
+        ),
         slots=build_stream_slots(settings),
         budget=TokenBudget(settings),
         metrics=Metrics(),

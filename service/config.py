@@ -58,6 +58,7 @@ class Settings:
     stream_idle_timeout: float = 60.0
     stream_max_seconds: float = 300.0
     heartbeat_seconds: float = 15.0
+    resume_grace_seconds: float = 15.0
     jwt_secret: str | None = None
     jwt_public_key: str | None = None
     jwt_audience: str | None = None
@@ -121,6 +122,7 @@ class Settings:
             stream_idle_timeout=reader.number("STREAM_IDLE_TIMEOUT", 60.0),
             stream_max_seconds=reader.number("STREAM_MAX_SECONDS", 300.0),
             heartbeat_seconds=reader.number("HEARTBEAT_SECONDS", 15.0),
+            resume_grace_seconds=reader.number("RESUME_GRACE_SECONDS", 15.0, minimum=0.0),
             jwt_secret=reader.optional("JWT_SECRET"),
             jwt_public_key=reader.optional("JWT_PUBLIC_KEY"),
             jwt_audience=reader.optional("JWT_AUDIENCE"),
@@ -156,7 +158,8 @@ class _Reader:
     def items(self, name: str) -> tuple[str, ...]:
         return tuple(item.strip() for item in self.env.get(name, "").split(",") if item.strip())
 
-    def number(self, name: str, default: float) -> float:
+    def number(self, name: str, default: float, minimum: float | None = None) -> float:
+        """A positive number, or with ``minimum`` one at least that large."""
         raw = self.optional(name)
         if raw is None:
             return default
@@ -164,8 +167,10 @@ class _Reader:
             value = float(raw)
         except ValueError:
             raise ConfigError(f"Config {name!r} must be a number, got {raw!r}.") from None
-        if value <= 0:
+        if minimum is None and value <= 0:
             raise ConfigError(f"Config {name!r} must be positive, got {raw!r}.")
+        if minimum is not None and not value >= minimum:
+            raise ConfigError(f"Config {name!r} must be at least {minimum:g}, got {raw!r}.")
         return value
 
     def integer(self, name: str, default: int, minimum: int = 0) -> int:

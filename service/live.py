@@ -7,6 +7,10 @@ reader, from any point: its backlog is re-framed from the reply's parts, so a st
 
 While the model is silent the owner is blocked on the upstream socket; a heartbeat throws ``WakeUp`` into that
 read (the only place it is thrown), which returns an empty batch that goes out as ``: ping``.
+
+A client whose connection drops without a cancel has ``resume_grace`` seconds to come back with ``Last-Event-ID``:
+the stream goes on meanwhile in a greenlet of its own (only then does it need one), and ends ``cancelled``, its
+partial reply saved, if no reader is attached when the grace runs out. With a grace of 0 a drop ends it at once.
 """
 
 from __future__ import annotations
@@ -40,8 +44,12 @@ class LiveStream:
     Build it in the greenlet that will iterate ``owner_body()``: that greenlet runs the stream.
     """
 
-    def __init__(self, chat: ChatStream, mirror: StreamMirror | None = None) -> None:
+    def __init__(self, chat: ChatStream, mirror: StreamMirror | None = None, resume_grace: float = 0.0) -> None:
         self.chat = chat
+        self.resume_grace = resume_grace
+        self.owner_gone = False  # the POST's client left without a cancel; generation goes on for a resume
+        self.unread_since: float | None = None  # since when nobody reads a stream whose owner is gone
+        self.rearm: Callable[[], None] | None = None  # the watchdog's: look at the deadlines again
         self.mirror = mirror  # set when streams are shared across hosts (Redis)
         self.stream_id = chat.metadata.stream_id
         self.user_id = chat.request.user_id
@@ -137,6 +145,34 @@ class LiveStream:
         if not self.done and self.chat.interruptible:
             self.owner.throw(error)
 
+    def outlives_client(self) -> bool:
+        """True when a dropped client leaves this stream running for a resume (not cancelled, not ending)."""
+        return self.resume_grace > 0 and not self.done and not self.chat.finished and self.chat.stop_requested is None
+
+    def detach(self) -> None:
+        """The owner's client is gone: the grace for a reader to come back starts now (if none is reading)."""
+        if self.owner_gone:
+            return
+        self.owner_gone = True
+        if not self.readers:
+            self._unread()
+
+    def _unread(self) -> None:
+        self.unread_since = time.monotonic()
+        if self.rearm is not None:
+            self.rearm()
+
+    def run_detached(self, items: Generator[bytes, None, None]) -> None:
+        """Drive the stream on to its end after its connection closed, in this (new) greenlet: what it produces
+        reaches the readers through ``_publish``; the owner's own writes have nowhere to go."""
+        self.owner = gevent.getcurrent()
+        try:
+            for _ in items:
+                pass
+        finally:
+            items.close()
+            self.end()
+
     def wait(self, timeout: float | None = None) -> None:
         if self.done:
             return
@@ -151,6 +187,7 @@ class LiveStream:
         backlog = self._backlog(after)
         if not self.done:
             self.readers.append(queue)
+            self.unread_since = None
         try:
             if backlog:
                 yield backlog
@@ -174,6 +211,8 @@ class LiveStream:
         finally:
             if queue in self.readers:
                 self.readers.remove(queue)
+                if self.owner_gone and not self.readers and not self.done:
+                    self._unread()
 
     def _backlog(self, after: int) -> bytes:
         """The published events after ``after``, framed again from the metadata, the parts and the last event."""
@@ -195,7 +234,7 @@ class LiveStream:
 
 class OwnerBody:
     """The POST's response body. gunicorn iterates ``run()`` directly and calls ``close`` however the response
-    ends, even before its first write: the stream then ends too (the client decided, DEVELOPERS.md)."""
+    ends, even before its first write: the stream then ends too, unless it may outlive its client (resume grace)."""
 
     def __init__(self, live: LiveStream, on_close: Callable[[], None]) -> None:
         self.live = live
@@ -207,8 +246,13 @@ class OwnerBody:
 
     def close(self) -> None:
         self.on_close()  # before gunicorn closes or reuses the socket
+        live = self.live
+        if live.outlives_client():  # the client dropped mid-reply: keep generating for a resume
+            live.detach()
+            gevent.spawn(live.run_detached, self.items)
+            return
         self.items.close()
-        self.live.end()
+        live.end()
 
 
 class StreamRegistry:

@@ -1,9 +1,10 @@
 """One watchdog per stream: heartbeat, idle timeout, longest stream, and the client's socket.
 
 A WSGI generator learns of a gone client only when a write fails, and a silent model means no writes; so
-the watchdog waits on the client socket itself and stops the stream (closing the upstream request) the
-moment the peer hangs up. Nothing here runs per token: the pump only stamps ``last_token_at``.
-Stopping never blocks here: ``LiveStream.stop`` interrupts the pump from the hub.
+the watchdog waits on the client socket itself and, the moment the peer hangs up, starts the resume grace (or,
+with none, stops the stream and closes the upstream request). It also ends a stream nobody came back to read
+within the grace. Nothing here runs per token: the stream only stamps ``last_token_at``.
+Stopping never blocks here: ``LiveStream.stop`` interrupts the stream's greenlet from the hub.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from service.live import LiveStream
 log = logging.getLogger(__name__)
 MIN_DELAY = 0.01
 STOPPING_DELAY = 0.25
+CLIENT_GONE = "The client disconnected before the reply finished."
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,7 @@ class Timing:
     heartbeat: float
     idle_timeout: float
     max_seconds: float
+    resume_grace: float = 0.0
 
 
 class _Tick(Exception):
@@ -61,6 +64,7 @@ class Watchdog:
             self.reader = self.loop.io(client.fileno(), 1)
             self.reader.start(self._on_readable)
         live.on_done.append(self.close)
+        live.rearm = self._arm
         # this timer ends a silent stream (idle timeout) before any read timeout would: the upstream's reads
         # need no timer of their own (gevent arms and cancels one per wait otherwise)
         live.chat.upstream.timed_reads = False
@@ -68,11 +72,15 @@ class Watchdog:
 
     def _arm(self) -> None:
         live, timing = self.live, self.timing
+        if live.done:
+            return
         deadline = min(
             live.last_write_at + timing.heartbeat,
             live.last_token_at + timing.idle_timeout,
             self.started + timing.max_seconds,
         )
+        if live.unread_since is not None:
+            deadline = min(deadline, live.unread_since + timing.resume_grace)
         delay = max(MIN_DELAY, deadline - time.monotonic())
         if live.chat.stop_requested is not None:
             delay = max(delay, STOPPING_DELAY)  # already ending: look again later rather than spin
@@ -91,6 +99,10 @@ class Watchdog:
             live.stop(IdleTimeout(f"The model sent nothing for {timing.idle_timeout:g} s."))
         elif now - self.started >= timing.max_seconds:
             live.stop(IdleTimeout(f"The reply took longer than the {timing.max_seconds:g} s limit."))
+        elif live.unread_since is not None and now - live.unread_since >= timing.resume_grace:
+            grace = timing.resume_grace
+            if live.stop(Cancelled(f"The client left and did not come back within {grace:g} s.")):
+                log.info("stream %s stopped: no reader came back within %g s", live.stream_id, grace)
         elif now - live.last_write_at >= timing.heartbeat:
             live.ping()
         self._arm()
@@ -102,7 +114,11 @@ class Watchdog:
         if gone is None:
             return
         self.release_client()  # data or hang-up: either way, stop watching the socket
-        if gone and self.live.stop(Cancelled("The client disconnected before the reply finished.")):
+        if not gone:
+            return
+        if self.live.outlives_client():
+            self.live.detach()  # generation goes on; the grace deadline is armed
+        elif self.live.stop(Cancelled(CLIENT_GONE)):
             log.info("stream %s stopped: client gone", self.live.stream_id)
 
     def release_client(self) -> None:

@@ -56,6 +56,7 @@ def _server_env(upstream: FakeUpstream, database_url: str) -> dict[str, str]:
         "CHAT_MODEL": "test-model",
         "LOG_LEVEL": "warning",
         "RATE_LIMIT": "100000/minute",  # many test files share one server; tests of the limit set their own
+        "RESUME_GRACE_SECONDS": "0",  # a disconnect ends the stream at once; the grace's own tests set theirs
     }
 
 

@@ -46,6 +46,11 @@ def stream(base_url: str, body: dict[str, Any], headers: dict[str, str] | None =
 
 def raw_stream(base_url: str, body: dict[str, Any], headers: dict[str, str] | None = None) -> Any:
     """Start a stream on a plain socket and return it after the first bytes (to hang up at will)."""
+    return open_raw_stream(base_url, body, headers)[0]
+
+
+def open_raw_stream(base_url: str, body: dict[str, Any], headers: dict[str, str] | None = None) -> tuple[Any, bytes]:
+    """Start a stream on a plain socket: the socket, and the first bytes it received (headers, maybe events)."""
     import socket
     from urllib.parse import urlsplit
 
@@ -60,4 +65,4 @@ def raw_stream(base_url: str, body: dict[str, Any], headers: dict[str, str] | No
     )
     first = sock.recv(65536)
     assert first.startswith(b"HTTP/1.1 200"), first[:200]
-    return sock
+    return sock, first

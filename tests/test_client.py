@@ -156,7 +156,7 @@ def test_chat_returns_the_whole_reply(chat: ChatClient) -> None:
 
 
 def test_continuing_a_conversation_and_the_conversation_helpers(chat: ChatClient) -> None:
-    first = next(iter(chat.stream("first turn #tokens=2")))
+    first, *_ = list(chat.stream("first turn #tokens=2"))  # read to its end: the turn is saved before ``done``
     assert isinstance(first, Metadata)
     events = list(chat.stream("second turn #tokens=3", conversation_id=first.conversation_id))
     assert isinstance(events[0], Metadata) and events[0].conversation_id == first.conversation_id

@@ -84,7 +84,7 @@ def chat_stream() -> Response:
     user_id = current_user(found.auth)
     chat = _open(found, user_id)
     mirror = found.shared.mirror(chat.metadata.stream_id, user_id) if found.shared else None
-    live = LiveStream(chat, mirror)  # runs in this greenlet, as gunicorn iterates the body
+    live = LiveStream(chat, mirror, found.timing.resume_grace)  # runs in this greenlet, as gunicorn iterates it
     found.streams.add(live)
     watchdog = Watchdog(live, found.timing, request.environ.get("gunicorn.socket"))
     return _event_stream(live.owner_body(watchdog.release_client))
