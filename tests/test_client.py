@@ -49,11 +49,15 @@ def words(count: int) -> list[str]:
 
 class Proxy:
     """TCP proxy to ``port``. ``cut_in_token`` cuts the first stream's client side once, inside that token
-    event, and keeps reading from the server (a drop the server cannot see). ``refuse_stream`` answers the
-    stream POST with a 502 HTML page, as a broken proxy would, and forwards everything else."""
+    event, and keeps reading from the server (a drop the server cannot see), or with ``cut_both`` closes the
+    server side too (a real drop: the server sees its client go). ``refuse_stream`` answers the stream POST with a
+    502 HTML page, as a broken proxy would, and forwards everything else."""
 
-    def __init__(self, port: int, cut_in_token: int | None = None, refuse_stream: bool = False) -> None:
+    def __init__(
+        self, port: int, cut_in_token: int | None = None, refuse_stream: bool = False, cut_both: bool = False
+    ) -> None:
         self.port, self.cut_in_token, self.refuse_stream = port, cut_in_token, refuse_stream
+        self.cut_both = cut_both
         self.heads: list[str] = []
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
@@ -102,7 +106,9 @@ class Proxy:
             client.sendall(data[: at + 5 - (len(received) - len(data))])
             client.shutdown(socket.SHUT_RDWR)
             client.close()
-            while server.recv(65536):  # keep the server side open and drained until the stream ends
+            while not self.cut_both and server.recv(
+                65536
+            ):  # keep the server side open and drained until the stream ends
                 pass
             break
         server.close()
@@ -267,6 +273,26 @@ def test_dropped_connection_resumes_with_last_event_id_without_duplicates(server
     resumes = [head for head in proxy.heads if head.startswith(f"GET /api/v1/ai/chat/stream/{metadata.stream_id} ")]
     assert len(resumes) == 1
     assert f"last-event-id: {metadata.stream_id}:3" in resumes[0].lower()
+
+
+def test_a_real_drop_resumes_the_rest_of_the_reply_within_the_grace(server_factory: ServerFactory) -> None:
+    """The server sees its client go; generation goes on for RESUME_GRACE_SECONDS, and the client's resume gets the
+    rest: the whole reply, each token once."""
+    server = server_factory(RESUME_GRACE_SECONDS="10")
+    proxy = Proxy(server.port, cut_in_token=4, cut_both=True)
+    try:
+        with ChatClient(proxy.url, backoff=0.3) as client:
+            events = list(client.stream("really dropped #tokens=20 #delay=0.05"))
+    finally:
+        proxy.close()
+    metadata, done = events[0], events[-1]
+    assert isinstance(metadata, Metadata) and isinstance(done, Done)
+    assert "".join(event.content for event in events if isinstance(event, Token)) == "".join(
+        (WORDS * 2)[index] if index == 0 else " " + (WORDS * 2)[index] for index in range(20)
+    )
+    assert len(events) == 22 and done.usage.completion_tokens == 20
+    resumes = [head for head in proxy.heads if head.startswith(f"GET /api/v1/ai/chat/stream/{metadata.stream_id} ")]
+    assert len(resumes) == 1
 
 
 def test_falls_back_to_chat_when_the_stream_cannot_start(server: GunicornServer) -> None:
