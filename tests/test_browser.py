@@ -581,6 +581,25 @@ def test_a_reload_mid_reply_picks_the_stream_up_and_shows_what_was_saved(
     assert running_streams(page) == []
 
 
+def test_a_reload_mid_reply_ends_with_the_whole_reply_within_the_resume_grace(
+    page: Page, server_factory: ServerFactory, upstream: FakeUpstream
+) -> None:
+    """With a resume grace the old page's closed connection does not end the stream: the reloaded page picks it up
+    and shows the whole reply, complete, exactly as saved."""
+    graced = server_factory(RESUME_GRACE_SECONDS="10")
+    open_chat(page, graced)
+    tag = marker("reload-graced")
+    send(page, f"{tag} #tokens=40 #delay=0.05")
+    expect(page.locator("#reply .text")).to_contain_text(reply_for(3))
+    conversation = conversation_in_url(page)
+    page.reload()
+    wait_finished(page)
+    saved = saved_conversation(graced, conversation)["messages"]
+    assert (saved[-1]["status"], saved[-1]["content"]) == ("complete", reply_for(40))
+    assert shown_messages(page) == [(item["role"], item["content"]) for item in saved]
+    assert upstream.connection_for(tag).completed
+
+
 def test_a_stream_still_running_after_a_reload_is_followed_live(
     page: Page, server: GunicornServer, upstream: FakeUpstream
 ) -> None:
