@@ -16,16 +16,17 @@ from service.chat.service import ChatService
 from service.config import Settings, default_database_url
 from service.extensions import KEY, Services
 from service.limits import TokenBudget, build_request_limiter, build_stream_slots
-from service.live import CancelRelay, StreamRegistry, end_streams_on_sigterm
 from service.llm.providers import build_clients
 from service.llm.streaming import StreamingService
 from service.llm.tokens import LocalTokenizer, TokenCounter
 from service.llm.windows import ContextWindows
 from service.metrics import Metrics, upstream_connections_in_use, upstream_pool_size
-from service.shared_streams import SharedStreams
+from service.relay.mirror import SharedStreams
+from service.relay.registry import CancelRelay, StreamRegistry
+from service.relay.shutdown import end_streams_on_sigterm
+from service.relay.watchdog import Timing
 from service.store.conversations import ConversationStore
 from service.store.database import Database
-from service.watchdog import Timing
 
 log = logging.getLogger(__name__)
 

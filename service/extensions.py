@@ -10,12 +10,12 @@ from service.auth import Authenticator
 from service.chat.service import ChatService
 from service.config import Settings
 from service.limits import StreamSlots, TokenBudget
-from service.live import StreamRegistry
 from service.metrics import Metrics
-from service.shared_streams import SharedStreams
+from service.relay.mirror import SharedStreams
+from service.relay.registry import StreamRegistry
+from service.relay.watchdog import Timing
 from service.store.conversations import ConversationStore
 from service.store.database import Database
-from service.watchdog import Timing
 
 KEY = "chat_gateway"
 

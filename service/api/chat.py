@@ -10,15 +10,15 @@ from typing import Any
 from flask import Blueprint, Response, request
 
 from service.api.request_body import json_body
-from service.api.sse import STREAM_HEADERS
 from service.auth import current_user
 from service.chat.service import ChatRequest, ChatStream
 from service.errors import Cancelled, InvalidRequest, NotFound, RateLimited
 from service.extensions import Services, services
-from service.live import LiveStream
 from service.metrics import Metrics
+from service.relay.live import LiveStream
+from service.relay.sse import STREAM_HEADERS
+from service.relay.watchdog import Watchdog
 from service.schemas import ChatRequestSchema, load
-from service.watchdog import Watchdog
 
 bp = Blueprint("chat", __name__, url_prefix="/api/v1/ai")
 _schema = ChatRequestSchema()
@@ -48,7 +48,7 @@ class _StreamEnded:
 
     def __call__(self, chat: ChatStream) -> None:
         self.release()
-        self.metrics.stream_ended(chat.outcome, chat.upstream.deltas, time.monotonic() - chat.started)
+        self.metrics.stream_ended(chat.outcome, chat.tokens_relayed, time.monotonic() - chat.started)
 
 
 def _open(found: Services, user_id: str) -> ChatStream:

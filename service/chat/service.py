@@ -54,8 +54,10 @@ class ChatRequest:
 class ChatStream:
     """One running chat turn. ``events()`` yields batches of events; run it once.
 
-    ``interruptible`` is True only while the stream waits on the upstream socket: the one moment a watchdog may
-    throw into it (never while it saves, closes or counts; see ``LiveStream.stop``).
+    Its transport talks to it through methods: ``interrupt(error)`` asks it to end, ``interruptible`` and
+    ``wakeable`` say whether its greenlet may be thrown into now (only while it waits on the upstream socket, never
+    while it saves, closes or counts), ``untimed_reads()`` hands the bounding of silences to a watchdog, and
+    ``tokens_relayed`` counts what it sent.
     """
 
     def __init__(
@@ -75,7 +77,7 @@ class ChatStream:
         self.prompt_tokens_estimate = prompt_tokens_estimate
         self.meter = meter
         self.on_end = on_end
-        self.stop_requested: StreamError | None = None
+        self._stop: StreamError | None = None
         self.parts = ReplyParts()
         self.finished = False
         self.final_event: Done | Error | None = None
@@ -88,8 +90,8 @@ class ChatStream:
         batch: list[Event] = [self.metadata]
         try:
             try:
-                if self.stop_requested is not None:
-                    raise self.stop_requested
+                if self._stop is not None:
+                    raise self._stop
                 next_batch = self.upstream.next_batch
                 texts = next_batch(wait=False)  # never waits: the metadata does not wait for the model
                 while texts is not None:
@@ -100,8 +102,8 @@ class ChatStream:
                         batch += [Token(text) for text in texts]
                     yield batch
                     batch, texts = [], None  # neither is kept alive while the stream waits for the model
-                    if self.stop_requested is not None:
-                        raise self.stop_requested
+                    if self._stop is not None:
+                        raise self._stop
                     texts = next_batch()
                 if self.meter is not None:
                     self.meter.flush()
@@ -139,9 +141,35 @@ class ChatStream:
                     self.on_end(self)
         return final
 
+    def interrupt(self, error: StreamError) -> bool:
+        """End with ``error`` at the next step (or at once, if its greenlet is thrown ``error`` while it waits);
+        False when it has already finished."""
+        if self.finished:
+            return False
+        self._stop = error
+        return True
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop is not None
+
     @property
     def interruptible(self) -> bool:
+        """Blocked on the upstream socket now: the one safe moment to throw into its greenlet."""
         return self.upstream.waiting and not self.finished
+
+    @property
+    def wakeable(self) -> bool:
+        """Interruptible, in a read of our own that turns a thrown ``WakeUp`` into an empty batch."""
+        return self.interruptible and self.upstream.wakeable
+
+    def untimed_reads(self) -> None:
+        """A watchdog's one timer bounds this stream's silences: its upstream reads arm no timer of their own."""
+        self.upstream.timed_reads = False
+
+    @property
+    def tokens_relayed(self) -> int:
+        return self.upstream.deltas
 
     def usage(self) -> Usage:
         if self.upstream.usage is not None:

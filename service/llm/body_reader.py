@@ -21,16 +21,11 @@ from typing import Any, Protocol
 
 import h11
 
+from service.interrupts import WakeUp
 from service.llm.chunked import ChunkedDecoder
 
 READ_BYTES = 65536
 FIRST_READ_BYTES = 2048  # a stream's first batch: see ``ChunkedBodyReader``
-
-
-class WakeUp(Exception):
-    """Thrown into a greenlet blocked in a reader's ``recv``: ``read`` returns ``b""`` at once, and the next
-    ``read`` goes on where it was. This is how a stream's heartbeat reaches the greenlet that waits on a silent
-    model."""
 
 
 class BodyReader(Protocol):

@@ -11,7 +11,8 @@ import h11
 import pytest
 from gevent import socket
 
-from service.llm.body_reader import FIRST_READ_BYTES, ChunkedBodyReader, H11BodyReader, WakeUp
+from service.interrupts import WakeUp
+from service.llm.body_reader import FIRST_READ_BYTES, ChunkedBodyReader, H11BodyReader
 
 
 def _client_state(head: bytes) -> h11.Connection:

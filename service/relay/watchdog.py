@@ -18,7 +18,7 @@ from typing import Any
 import gevent
 
 from service.errors import Cancelled, IdleTimeout
-from service.live import LiveStream
+from service.relay.live import LiveStream
 
 log = logging.getLogger(__name__)
 MIN_DELAY = 0.01
@@ -67,7 +67,7 @@ class Watchdog:
         live.rearm = self._arm
         # this timer ends a silent stream (idle timeout) before any read timeout would: the upstream's reads
         # need no timer of their own (gevent arms and cancels one per wait otherwise)
-        live.chat.upstream.timed_reads = False
+        live.chat.untimed_reads()
         self._arm()
 
     def _arm(self) -> None:
@@ -82,7 +82,7 @@ class Watchdog:
         if live.unread_since is not None:
             deadline = min(deadline, live.unread_since + timing.resume_grace)
         delay = max(MIN_DELAY, deadline - time.monotonic())
-        if live.chat.stop_requested is not None:
+        if live.chat.stopping:
             delay = max(delay, STOPPING_DELAY)  # already ending: look again later rather than spin
         if self.timer is not None:
             self.timer.close()

@@ -16,21 +16,20 @@ partial reply saved, if no reader is attached when the grace runs out. With a gr
 from __future__ import annotations
 
 import logging
-import signal
 import time
 from collections.abc import Callable, Generator, Iterator
-from typing import Any, Final
+from typing import Final
 
 import gevent
 from gevent.event import Event as Signal
 from gevent.queue import SimpleQueue
 
-from service.api.sse import PING, encode_batch, encode_event, event_prefix, retry_field
 from service.chat.events import Token
 from service.chat.service import ChatStream
-from service.errors import Cancelled, ServerShutdown, StreamError
-from service.llm.body_reader import WakeUp
-from service.shared_streams import StreamMirror
+from service.errors import Cancelled, StreamError
+from service.interrupts import WakeUp
+from service.relay.mirror import StreamMirror
+from service.relay.sse import PING, encode_batch, encode_event, event_prefix, retry_field
 
 log = logging.getLogger(__name__)
 END: Final = b""
@@ -118,12 +117,12 @@ class LiveStream:
         self.last_write_at = time.monotonic()
         for reader in self.readers:
             reader.put(PING)
-        if self.chat.interruptible and self.chat.upstream.wakeable:
+        if self.chat.wakeable:
             gevent.get_hub().loop.run_callback(self._wake)
 
     def _wake(self) -> None:
         """Runs in the hub: wakes the owner only if it is still blocked on the upstream *now*."""
-        if not self.done and self.chat.interruptible:
+        if not self.done and self.chat.wakeable:
             self.owner.throw(WakeUp())
 
     def stop(self, error: StreamError) -> bool:
@@ -132,9 +131,8 @@ class LiveStream:
         Only an owner that is reading the upstream is interrupted (never one that is saving or writing); one that
         has not begun reading is told to stop when it does.
         """
-        if self.done or self.chat.finished:
+        if self.done or not self.chat.interrupt(error):
             return False
-        self.chat.stop_requested = error
         if self.chat.interruptible:
             gevent.get_hub().loop.run_callback(self._interrupt, error)
         return True
@@ -147,7 +145,7 @@ class LiveStream:
 
     def outlives_client(self) -> bool:
         """True when a dropped client leaves this stream running for a resume (not cancelled, not ending)."""
-        return self.resume_grace > 0 and not self.done and not self.chat.finished and self.chat.stop_requested is None
+        return self.resume_grace > 0 and not self.done and not self.chat.finished and not self.chat.stopping
 
     def detach(self) -> None:
         """The owner's client is gone: the grace for a reader to come back starts now (if none is reading)."""
@@ -253,64 +251,3 @@ class OwnerBody:
             return
         self.items.close()
         live.end()
-
-
-class StreamRegistry:
-    """Streams of this worker by id: running ones, and finished ones kept ``retention`` s for replay."""
-
-    def __init__(self, retention: float = 120.0) -> None:
-        self.retention = retention
-        self.streams: dict[str, LiveStream] = {}
-        self._purged_at = 0.0
-
-    def add(self, live: LiveStream) -> None:
-        self._purge()
-        self.streams[live.stream_id] = live
-
-    def get(self, stream_id: str, user_id: str) -> LiveStream | None:
-        """The stream if it exists and belongs to ``user_id``; None otherwise (never leak existence)."""
-        live = self.streams.get(stream_id)
-        return live if live is not None and live.user_id == user_id else None
-
-    def running(self) -> list[LiveStream]:
-        return [live for live in self.streams.values() if not live.done]
-
-    def _purge(self) -> None:
-        now = time.monotonic()
-        if now - self._purged_at < 1.0:
-            return
-        self._purged_at = now
-        expired = [key for key, live in self.streams.items() if live.done and now - live.finished_at > self.retention]
-        for key in expired:
-            del self.streams[key]
-
-
-def end_streams_on_sigterm(registry: StreamRegistry) -> None:
-    """On SIGTERM (gunicorn's graceful shutdown), end every running stream at once with ``server_shutdown``
-    and its partial reply saved, so clients resume elsewhere instead of waiting out the graceful timeout.
-    gunicorn's own handler still runs afterwards."""
-    previous = signal.getsignal(signal.SIGTERM)
-
-    def on_sigterm(signum: int, frame: Any) -> None:
-        gevent.spawn(_end_all, registry)
-        if callable(previous):
-            previous(signum, frame)
-
-    signal.signal(signal.SIGTERM, on_sigterm)
-
-
-def _end_all(registry: StreamRegistry) -> None:
-    for live in registry.running():
-        live.stop(ServerShutdown())
-
-
-class CancelRelay:
-    """Cancels published by any host stop the stream here if this worker runs it."""
-
-    def __init__(self, registry: StreamRegistry) -> None:
-        self.registry = registry
-
-    def __call__(self, stream_id: str) -> None:
-        live = self.registry.streams.get(stream_id)
-        if live is not None:
-            live.stop(Cancelled())

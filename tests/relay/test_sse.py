@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from service.api.sse import PING, encode_batch, encode_event, event_prefix, retry_field
 from service.chat.events import Done, Error, Event, Metadata, Token, Usage
+from service.relay.sse import PING, encode_batch, encode_event, event_prefix, retry_field
 
 PREFIX = event_prefix("abc")
 

@@ -15,7 +15,7 @@ from typing import Any
 import gevent
 import redis
 
-from service.api.sse import PING, retry_field
+from service.relay.sse import PING, retry_field
 
 log = logging.getLogger(__name__)
 FLUSH_SECONDS = 0.1
