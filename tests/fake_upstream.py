@@ -7,9 +7,9 @@ after N tokens; ``#error_after=N`` send an ``error`` object after N tokens; ``#s
 first token; ``#azure`` add filter-only and empty-choices chunks; ``#no_usage``; ``#filter_after=N`` finish
 with ``content_filter``; ``#length`` finish with ``length``; ``#one_write`` send the whole reply, headers and
 all, in one write; ``#keepalive`` keep the connection open for the next request (otherwise it is closed after
-each reply); ``#context=PROVIDER #window=N`` refuse, in that provider's words (``CONTEXT_ERRORS``), any request
-whose messages hold more than N characters in all. It records every request and when each connection closed, as
-the upstream saw it.
+each reply); ``#sized`` send the reply with a Content-Length instead of chunked; ``#context=PROVIDER
+#window=N`` refuse, in that provider's words (``CONTEXT_ERRORS``), any request whose messages hold more than N
+characters in all. It records every request and when each connection closed, as the upstream saw it.
 """
 
 from __future__ import annotations
@@ -229,6 +229,17 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile = socket_writer
             socket_writer.write(reply.getvalue())
 
+    def _sized(self, tokens: list[str]) -> None:
+        """The whole reply as one body with a Content-Length, as some servers and proxies send it."""
+        events = [_chunk(role=True, content=""), *(_chunk(content=token) for token in tokens), _chunk(finish="stop")]
+        body = b"".join(b"data: " + json.dumps(event).encode() + b"\n\n" for event in events) + b"data: [DONE]\n\n"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+        self.wfile.flush()
+
     def _stream(self, script: dict[str, str], message: str) -> None:
         recorder = self.server.recorder
         connection = Connection(message, time.monotonic(), peer_port=self.client_address[1])
@@ -240,6 +251,9 @@ class _Handler(BaseHTTPRequestHandler):
             :count
         ]
         socket_writer, reply = self.wfile, io.BytesIO()
+        if "sized" in script:
+            self._sized(tokens)
+            return
         if "one_write" in script:  # the whole reply, headers and all, in one write (as a fast local model can)
             self.wfile = reply
         self.send_response(200)

@@ -18,7 +18,7 @@ from tests.sse import raw_stream
 SECRET = "leak-test-secret-that-is-long-enough"
 GAUGES = (
     "chat_process_open_fds",  # less the idle keep-alive connections the SDK's pools hold (see gauges)
-    "chat_process_greenlets",
+    "chat_process_event_loop_watchers",
     "chat_streams_open",
     "chat_stream_slots_held",
     "chat_db_sessions_open",

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import gc
+
 from flask.testing import FlaskClient
 
 from service.schemas import ChatRequestSchema
@@ -40,3 +42,21 @@ def test_openapi_agrees_with_the_wire(client: FlaskClient) -> None:
     request = document["components"]["schemas"]["ChatRequest"]
     assert set(request["properties"]) == set(ChatRequestSchema().fields) == {"message", "conversationId", "model"}
     assert request["required"] == ["message"]
+
+
+def test_a_scrape_forces_no_full_garbage_collection(client: FlaskClient) -> None:
+    """A full collection walks every object of the worker: a pause for every stream it holds."""
+    full: list[dict[str, int]] = []
+
+    def record(phase: str, info: dict[str, int]) -> None:
+        if phase == "start" and info["generation"] == 2:
+            full.append(info)
+
+    client.get("/metrics")  # the first scrape builds what later ones reuse
+    gc.callbacks.append(record)
+    try:
+        text = client.get("/metrics").get_data(as_text=True)
+    finally:
+        gc.callbacks.remove(record)
+    assert "chat_process_event_loop_watchers" in text
+    assert full == []

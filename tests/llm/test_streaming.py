@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gc
+import subprocess
+import sys
 import time
 import weakref
 
@@ -11,10 +13,12 @@ import pytest
 
 from service.config import Settings
 from service.errors import ContentFiltered, UpstreamFailed, UpstreamUnavailable
+from service.llm.body_reader import ChunkedBodyReader, H11BodyReader
 from service.llm.providers import build_client
 from service.llm.streaming import CompletionRequest, StreamingService, UpstreamStream
 from service.metrics import upstream_pool_size
 from tests.fake_upstream import FakeUpstream
+from tests.servers import ROOT
 
 
 def service_for(base_url: str, attempts: int = 3) -> StreamingService:
@@ -183,3 +187,35 @@ def test_a_finished_stream_lets_go_of_its_response(upstream: FakeUpstream) -> No
     assert received[0]() is None
     assert stream.finish_reason == "stop"
     assert stream.next_batch() is None
+
+
+def test_a_chunked_provider_body_takes_the_chunked_fast_path(upstream: FakeUpstream) -> None:
+    """If a new httpx2 / httpcore2 / h11 moved the internals the reader reaches into, the body would still stream
+    through ``iter_raw()``, slower and unnoticed: this fails instead."""
+    stream = open_stream(upstream, "fast chunked #tokens=3")
+    assert stream.next_batch() is not None
+    assert type(stream._reader) is ChunkedBodyReader
+    assert stream.wakeable
+
+
+def test_a_sized_body_takes_the_h11_fast_path(upstream: FakeUpstream) -> None:
+    stream = open_stream(upstream, "fast sized #tokens=3 #sized")
+    first = stream.next_batch()
+    assert type(stream._reader) is H11BodyReader
+    rest = [token for batch in stream.batches() for token in batch]
+    assert (first or []) + rest == ["Baby", " sleep", " patterns"]
+
+
+def test_under_gevent_the_pools_idle_checks_use_the_real_poll() -> None:
+    """httpcore2's idle-connection check is pointed at the unpatched ``poll`` in a gevent worker (providers.py)."""
+    script = (
+        "from gevent import monkey; monkey.patch_all()\n"
+        "import httpcore2._utils as utils\n"
+        "from service.config import Settings\n"
+        "from service.llm.providers import build_clients\n"
+        "build_clients(Settings(openai_api_key='k'), count=1)\n"
+        "assert utils.select.poll is monkey.get_original('select', 'poll'), utils.select\n"
+        "print('real poll')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout.strip()) == (0, "real poll"), done.stderr
