@@ -9,34 +9,39 @@ import os
 import sys
 from typing import Any
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from service.env import ConfigError, EnvReader  # the checkout's package, found through the line above
 
-def _int(name: str, default: int) -> int:
-    raw = os.environ.get(name, "").strip()
+_env = EnvReader()
+
+
+def _int(name: str, default: int, minimum: int = 0) -> int:
+    """A bad value stops gunicorn with the reader's message, which names the variable."""
     try:
-        return int(raw) if raw else default
-    except ValueError:
-        raise SystemExit(f"{name} must be a whole number, got {raw!r}") from None
+        return _env.integer(name, default, minimum)
+    except ConfigError as error:
+        raise SystemExit(str(error)) from None
 
 
-bind = os.environ.get("GUNICORN_BIND") or f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
-workers = _int("WEB_CONCURRENCY", 1)
+bind = _env.optional("GUNICORN_BIND") or f"{_env.text('HOST', '127.0.0.1')}:{_env.text('PORT', '8000')}"
+workers = _int("WEB_CONCURRENCY", 1, minimum=1)
 worker_class = "gevent"
-worker_connections = _int("GUNICORN_WORKER_CONNECTIONS", 10_000)
+worker_connections = _int("GUNICORN_WORKER_CONNECTIONS", 10_000, minimum=1)
 timeout = _int("GUNICORN_TIMEOUT", 30)
 graceful_timeout = _int("GUNICORN_GRACEFUL_TIMEOUT", 30)
 keepalive = _int("GUNICORN_KEEPALIVE", 5)
-backlog = _int("GUNICORN_BACKLOG", 4096)
-loglevel = os.environ.get("LOG_LEVEL", "info").lower()
+backlog = _int("GUNICORN_BACKLOG", 4096, minimum=1)
+loglevel = _env.text("LOG_LEVEL", "info").lower()
 # one line per request, after its last byte: who, what, the status, the bytes and how long it took (a stream's
 # whole length). GUNICORN_ACCESS_LOG=off turns it off, or names a file instead of standard output.
-_access = os.environ.get("GUNICORN_ACCESS_LOG", "").strip() or "-"
+_access = _env.text("GUNICORN_ACCESS_LOG", "-")
 accesslog = None if _access.lower() in {"off", "none", "false", "0"} else _access
 access_log_format = '%(h)s "%(r)s" %(s)s %(B)s %(M)sms "%(a)s"'
 errorlog = "-"
 preload_app = False  # the app imports httpx2; it must load after the worker has monkey-patched
 # gevent's default resolver runs every getaddrinfo (one per new upstream connection, IP literals included) on a
 # native thread; a burst of new connections then has threads and the event loop trading the GIL. c-ares resolves
-# inside the event loop: 1,000 streams starting at once used a fifth less CPU (bench/README.md, session 3).
+# inside the event loop: 1,000 streams starting at once used a fifth less CPU (bench/README.md).
 # GEVENT_RESOLVER=thread brings back the system resolver (nsswitch, mDNS) where c-ares will not do.
 os.environ.setdefault("GEVENT_RESOLVER", "ares")
 # gevent records each greenlet's spawning stack and parent (for debugging tools); a worker spawns a greenlet per
@@ -48,14 +53,11 @@ os.environ.setdefault("GEVENT_TRACK_GREENLET_TREE", "false")
 # With no provider configured, the master starts llama-server before forking workers, points them at it through
 # the SDK's own variables, restarts it if it dies, and stops it on exit (and the kernel kills it if the master
 # dies hard). Setting any provider turns all of this off.
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 _local_model: Any = None
 
 
 def _provider_configured() -> bool:
-    return any(
-        os.environ.get(name, "").strip() for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "AZURE_OPENAI_ENDPOINT")
-    )
+    return any(_env.optional(name) for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "AZURE_OPENAI_ENDPOINT"))
 
 
 def on_starting(server: Any) -> None:

@@ -6,30 +6,18 @@ A bad value fails loudly at start (``ConfigError`` names the variable) rather th
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from service.env import ConfigError, EnvReader
+
+__all__ = ["ConfigError", "Settings", "default_database_url"]
+
 DEFAULT_SYSTEM_PROMPT = "You are a helpful, concise assistant. Answer clearly and say so when you are not sure."
 LOCAL_MODEL_NAME = "smollm2-135m-instruct"
 LOCAL_REPLY_CAP = 512  # the demo model's replies: long enough for an answer, short of a runaway loop
-_RATE = re.compile(r"^\s*(\d+)\s*(?:/|\s+per\s+)\s*(\d+\s+)?(second|minute|hour|day)s?\s*$")
-
-
-class ConfigError(ValueError):
-    """A setting is missing or malformed."""
-
-
-def parse_rate(name: str, value: str) -> tuple[int, int]:
-    """Parse ``40000/hour`` into (amount, window seconds) so a bad budget fails at start."""
-    match = _RATE.match(value)
-    if not match:
-        raise ConfigError(f"Config {name!r} must look like '40000/hour', got {value!r}.")
-    unit = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}[match.group(3)]
-    multiple = int(match.group(2) or 1)
-    return int(match.group(1)), unit * multiple
 
 
 @dataclass(frozen=True)
@@ -93,7 +81,7 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
-        reader = _Reader(env)
+        reader = EnvReader(env)
         provider_set = env.get("AZURE_OPENAI_ENDPOINT") or env.get("OPENAI_API_KEY") or env.get("OPENAI_BASE_URL")
         local = bool(env.get("LOCAL_MODEL_URL")) or not provider_set  # the master points workers at it
         chat_model = reader.text("CHAT_MODEL", LOCAL_MODEL_NAME if local else "gpt-4o-mini")
@@ -116,8 +104,8 @@ class Settings:
             database_url=reader.text("DATABASE_URL", ""),
             redis_url=redis_url,
             ratelimit_storage_uri=reader.text("RATELIMIT_STORAGE_URI", redis_url or "memory://"),
-            rate_limit=reader.text("RATE_LIMIT", "30/minute"),
-            token_budget=reader.text("TOKEN_BUDGET", "40000/hour"),
+            rate_limit=reader.rate("RATE_LIMIT", "30/minute"),
+            token_budget=reader.rate("TOKEN_BUDGET", "40000/hour"),
             max_streams_per_user=reader.integer("MAX_STREAMS_PER_USER", 3, minimum=1),
             stream_idle_timeout=reader.number("STREAM_IDLE_TIMEOUT", 60.0),
             stream_max_seconds=reader.number("STREAM_MAX_SECONDS", 300.0),
@@ -134,84 +122,8 @@ class Settings:
             moderation=reader.switch("MODERATION"),
             local_model_url=reader.optional("LOCAL_MODEL_URL"),
         )
-        parse_rate("TOKEN_BUDGET", settings.token_budget)
         return settings
 
 
 def default_database_url(instance_path: str) -> str:
     return f"sqlite:///{Path(instance_path) / 'chat.sqlite3'}"
-
-
-class _Reader:
-    """Reads and checks one environment variable at a time, naming it in every error."""
-
-    def __init__(self, env: Mapping[str, str]) -> None:
-        self.env = env
-
-    def optional(self, name: str) -> str | None:
-        value = self.env.get(name, "").strip()
-        return value or None
-
-    def text(self, name: str, default: str) -> str:
-        return self.optional(name) or default
-
-    def items(self, name: str) -> tuple[str, ...]:
-        return tuple(item.strip() for item in self.env.get(name, "").split(",") if item.strip())
-
-    def number(self, name: str, default: float, minimum: float | None = None) -> float:
-        """A positive number, or with ``minimum`` one at least that large."""
-        raw = self.optional(name)
-        if raw is None:
-            return default
-        try:
-            value = float(raw)
-        except ValueError:
-            raise ConfigError(f"Config {name!r} must be a number, got {raw!r}.") from None
-        if minimum is None and value <= 0:
-            raise ConfigError(f"Config {name!r} must be positive, got {raw!r}.")
-        if minimum is not None and not value >= minimum:
-            raise ConfigError(f"Config {name!r} must be at least {minimum:g}, got {raw!r}.")
-        return value
-
-    def integer(self, name: str, default: int, minimum: int = 0) -> int:
-        value = self.optional_int(name)
-        if value is None:
-            return default
-        if value < minimum:
-            raise ConfigError(f"Config {name!r} must be at least {minimum}, got {value}.")
-        return value
-
-    def optional_int(self, name: str) -> int | None:
-        raw = self.optional(name)
-        if raw is None:
-            return None
-        try:
-            return int(raw)
-        except ValueError:
-            raise ConfigError(f"Config {name!r} must be a whole number, got {raw!r}.") from None
-
-    def windows(self, name: str) -> tuple[int | None, tuple[tuple[str, int], ...]]:
-        """``8192`` (every model) or ``gpt-4o=128000,my-deployment=32768`` (per model), or both mixed."""
-        default: int | None = None
-        per_model: list[tuple[str, int]] = []
-        for item in self.items(name):
-            model, _, size = item.rpartition("=")
-            try:
-                tokens = int(size)
-            except ValueError:
-                raise ConfigError(f"Config {name!r} must look like '8192' or 'model=8192,...', got {item!r}.") from None
-            if tokens < 256:
-                raise ConfigError(f"Config {name!r} must give at least 256 tokens, got {item!r}.")
-            if model.strip():
-                per_model.append((model.strip(), tokens))
-            else:
-                default = tokens
-        return default, tuple(per_model)
-
-    def switch(self, name: str) -> bool:
-        raw = (self.optional(name) or "off").lower()
-        if raw in {"on", "true", "1", "yes"}:
-            return True
-        if raw in {"off", "false", "0", "no"}:
-            return False
-        raise ConfigError(f"Config {name!r} must be on or off, got {raw!r}.")

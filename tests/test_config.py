@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from service import create_app
-from service.config import LOCAL_MODEL_NAME, ConfigError, Settings, parse_rate
+from service.config import LOCAL_MODEL_NAME, ConfigError, Settings
 
 
 def test_factory_uses_overrides(tmp_path: object) -> None:
@@ -24,6 +24,10 @@ def test_unknown_override_fails_loudly() -> None:
         ({"MAX_STREAMS_PER_USER": "0"}, "MAX_STREAMS_PER_USER"),
         ({"HISTORY_MESSAGES": "x"}, "HISTORY_MESSAGES"),
         ({"TOKEN_BUDGET": "lots"}, "TOKEN_BUDGET"),
+        ({"RATE_LIMIT": "often"}, "RATE_LIMIT"),
+        ({"RESUME_GRACE_SECONDS": "-1"}, "RESUME_GRACE_SECONDS"),
+        ({"MODEL_CONTEXT_WINDOW": "gpt-4o=big"}, "MODEL_CONTEXT_WINDOW"),
+        ({"MODEL_CONTEXT_WINDOW": "100"}, "MODEL_CONTEXT_WINDOW"),
         ({"MODERATION": "maybe"}, "MODERATION"),
     ],
 )
@@ -45,5 +49,14 @@ def test_provider_selection() -> None:
 def test_chat_models_and_rate_parsing() -> None:
     settings = Settings.from_env({"OPENAI_API_KEY": "k", "CHAT_MODEL": "a", "CHAT_MODELS": "a, b"})
     assert settings.allowed_models == ("a", "b")
-    assert parse_rate("X", "40000/hour") == (40000, 3600)
-    assert parse_rate("X", "10 per 2 minutes") == (10, 120)
+    rates = Settings.from_env({"RATE_LIMIT": "10 per 2 minutes", "TOKEN_BUDGET": "40000/hour"})
+    assert (rates.rate_limit, rates.token_budget) == ("10 per 2 minutes", "40000/hour")
+
+
+def test_context_windows_and_the_local_reply_cap() -> None:
+    windows = Settings.from_env({"OPENAI_API_KEY": "k", "MODEL_CONTEXT_WINDOW": "16000, gpt-4o=128000"})
+    assert (windows.context_window, windows.context_windows) == (16000, (("gpt-4o", 128000),))
+    assert Settings.from_env({"OPENAI_API_KEY": "k"}).max_tokens is None
+    assert Settings.from_env({}).max_tokens == 512  # the demo model: a cap, so a loop cannot run to the window
+    assert Settings.from_env({"LOCAL_MODEL_URL": "http://x/v1", "OPENAI_API_KEY": "local"}).max_tokens == 512
+    assert Settings.from_env({"MAX_COMPLETION_TOKENS": "64"}).max_tokens == 64
