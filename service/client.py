@@ -1,4 +1,4 @@
-"""A Python client and command line for the chat service (WIRE.md): typed events, resume and fallback.
+"""A Python client and command line for the chat service (docs/protocol.md): typed events, resume and fallback.
 
 Stands alone (httpx + httpx-sse only) so other programs can copy it; run ``python -m service.client "hi"``.
 """
@@ -79,7 +79,7 @@ class ChatResult(_Wire):
 
 
 class ChatClientError(Exception):
-    """A refusal before any stream began (WIRE's JSON errors), or a network failure after retries."""
+    """A refusal before any stream began (the protocol's JSON errors), or a network failure after retries."""
 
     code = "error"
 
@@ -137,15 +137,15 @@ class UpstreamUnavailable(ChatClientError):
     code = "upstream_unavailable"
 
 
-ERRORS = {cls.code: cls for cls in ChatClientError.__subclasses__()}  # the WIRE codes only: defined above
+ERRORS = {cls.code: cls for cls in ChatClientError.__subclasses__()}  # the protocol's codes only: defined above
 
 
 class ConnectionFailed(ChatClientError):
-    code = "connection_failed"  # not a WIRE code: the service could not be reached, or kept dropping
+    code = "connection_failed"  # not a protocol code: the service could not be reached, or kept dropping
 
 
 class UnexpectedError(ChatClientError):
-    code = "unexpected"  # any other answer: an unknown code, or a body not in WIRE's error shape
+    code = "unexpected"  # any other answer: an unknown code, or a body not in the protocol's error shape
 
 
 def error_from(response: httpx.Response) -> ChatClientError:
@@ -169,7 +169,7 @@ def _usage(raw: Any) -> Usage:
 
 
 def parse_event(data: dict[str, Any]) -> Event | None:
-    """One WIRE event; None for types this client does not know (WIRE: ignore them)."""
+    """One protocol event; None for types this client does not know (the protocol: ignore them)."""
     kind, error = data.get("type"), data.get("error") or {}
     if kind == "metadata":
         stream_id, conversation_id, message_id, model = (str(data.get(key, "")) for key in METADATA_KEYS)
@@ -277,7 +277,7 @@ class ChatClient:
                         event = parse_event(json.loads(sse.data))
                         if isinstance(event, StreamError) and event.code == "server_shutdown" and stream_id:
                             shutdown = event
-                            raise httpx.RemoteProtocolError("server_shutdown")  # WIRE: resume with Last-Event-ID
+                            raise httpx.RemoteProtocolError("server_shutdown")  # resume with Last-Event-ID
                         if sequence is not None:
                             seen, self.last_event_id, progressed = sequence, sse.id, True
                         if isinstance(event, Metadata):

@@ -20,7 +20,7 @@ _ERRORS = {
     "503": "upstream_unavailable",
 }
 _EVENT_STREAM = {
-    "description": "Server-Sent Events: metadata, token…, then one done or error (see WIRE.md). "
+    "description": "Server-Sent Events: metadata, token…, then one done or error (docs/protocol.md). "
     "Each event has `id: <streamId>:<n>`; `: ping` comments keep quiet streams open.",
     "content": {"text/event-stream": {"schema": {"type": "string"}}},
 }
@@ -109,8 +109,22 @@ def build_spec() -> dict[str, Any]:
             ),
         },
     }
-    for path, summary in (("/healthz", "Process up"), ("/readyz", "Dependencies usable"), ("/metrics", "Prometheus")):
+    for path, summary in (
+        ("/healthz", "Process up"),
+        ("/readyz", "Dependencies usable (503 when not)"),
+        ("/metrics", "Prometheus text format"),
+        ("/openapi.json", "This document"),
+        ("/", "The browser chat page (HTML)"),
+        ("/favicon.ico", "The page's icon (SVG)"),
+    ):
         operations[path] = {"get": {"summary": summary, "responses": {"200": {"description": "ok"}}}}
+    operations["/static/{filename}"] = {
+        "get": {
+            "summary": "The page's modules, styles and icon",
+            "parameters": [_path_parameter("filename")],
+            "responses": {"200": {"description": "the file"}, "404": {"description": "no such file"}},
+        }
+    }
     for path, path_operations in operations.items():
         spec.path(path=path, operations=path_operations)
     document: dict[str, Any] = spec.to_dict()

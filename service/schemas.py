@@ -1,10 +1,21 @@
-"""Marshmallow schemas for requests and responses; the OpenAPI document is built from them."""
+"""Marshmallow schemas for requests and responses. The OpenAPI document is built from them, and the views'
+JSON responses are dumped through them (from the store's rows and the chat's results), so the two cannot drift."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
-from marshmallow import RAISE, Schema, fields, validate
+from marshmallow import RAISE, Schema, fields, post_dump, validate
+
+
+class UtcDateTime(fields.DateTime):
+    """ISO 8601 in UTC with a ``Z``: the stored times are UTC, naive on SQLite and aware on PostgreSQL."""
+
+    def _serialize(self, value: datetime | None, attr: str | None, obj: Any, **kwargs: Any) -> str | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=None).isoformat() + "Z"
 
 
 class ChatRequestSchema(Schema):
@@ -19,18 +30,24 @@ class ChatRequestSchema(Schema):
 
 
 class UsageSchema(Schema):
-    promptTokens = fields.Integer()  # noqa: N815
-    completionTokens = fields.Integer()  # noqa: N815
-    totalTokens = fields.Integer()  # noqa: N815
-    estimated = fields.Boolean()
+    prompt_tokens = fields.Integer(data_key="promptTokens")
+    completion_tokens = fields.Integer(data_key="completionTokens")
+    total_tokens = fields.Integer(data_key="totalTokens")
+    estimated = fields.Boolean(metadata={"description": "Present (true) only when the provider sent no usage."})
+
+    @post_dump
+    def _only_when_estimated(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        if not data.get("estimated"):
+            data.pop("estimated", None)
+        return data
 
 
 class ChatResponseSchema(Schema):
-    conversationId = fields.String()  # noqa: N815
-    messageId = fields.String()  # noqa: N815
+    conversation_id = fields.String(data_key="conversationId")
+    message_id = fields.String(data_key="messageId")
     content = fields.String()
     model = fields.String()
-    finishReason = fields.String()  # noqa: N815
+    finish_reason = fields.String(data_key="finishReason")
     usage = fields.Nested(UsageSchema)
 
 
@@ -50,16 +67,16 @@ class MessageSchema(Schema):
     content = fields.String()
     status = fields.String(validate=validate.OneOf(["complete", "incomplete"]))
     model = fields.String(allow_none=True)
-    finishReason = fields.String(allow_none=True)  # noqa: N815
+    finish_reason = fields.String(allow_none=True, data_key="finishReason")
     usage = fields.Nested(UsageSchema, allow_none=True)
-    createdAt = fields.String()  # noqa: N815
+    created_at = UtcDateTime(data_key="createdAt")
 
 
 class ConversationSchema(Schema):
     id = fields.String()
     title = fields.String()
-    createdAt = fields.String()  # noqa: N815
-    updatedAt = fields.String()  # noqa: N815
+    created_at = UtcDateTime(data_key="createdAt")
+    updated_at = UtcDateTime(data_key="updatedAt")
 
 
 class ConversationDetailSchema(ConversationSchema):

@@ -18,7 +18,7 @@ PROTOCOL = ROOT / "docs" / "protocol.md"
 
 # Built from parts so that this file does not match itself.
 FORBIDDEN = tuple(
-    "".join(parts) for parts in (("..", "/shared"), ("shared/", "WIRE.md"), ("DESIGN", ".md"), ("DEVELOPERS", ".md"))
+    "".join(parts) for parts in (("..", "/shared"), ("WIRE", ".md"), ("DESIGN", ".md"), ("DEVELOPERS", ".md"))
 )
 
 _FENCE = re.compile(r"^ {0,3}(```|~~~).*?^ {0,3}\1", re.MULTILINE | re.DOTALL)

@@ -18,10 +18,11 @@ from service.metrics import Metrics
 from service.relay.live import LiveStream
 from service.relay.sse import STREAM_HEADERS
 from service.relay.watchdog import Watchdog
-from service.schemas import ChatRequestSchema, load
+from service.schemas import ChatRequestSchema, ChatResponseSchema, load
 
 bp = Blueprint("chat", __name__, url_prefix="/api/v1/ai")
 _schema = ChatRequestSchema()
+_reply = ChatResponseSchema()
 _LAST_EVENT_ID = re.compile(r"^(?P<stream>[0-9a-f]{32}):(?P<sequence>\d{1,9})$")
 
 
@@ -79,7 +80,7 @@ def _event_stream(body: Iterable[bytes]) -> Response:
 
 @bp.post("/chat/stream")
 def chat_stream() -> Response:
-    """Stream a reply as Server-Sent Events (WIRE.md)."""
+    """Stream a reply as Server-Sent Events (docs/protocol.md)."""
     found = services()
     user_id = current_user(found.auth)
     chat = _open(found, user_id)
@@ -133,4 +134,5 @@ def chat() -> dict[str, Any]:
     """The non-streaming fallback: the whole reply as one JSON body."""
     found = services()
     user_id = current_user(found.auth)
-    return found.chat.chat(_open(found, user_id))
+    reply: dict[str, Any] = _reply.dump(found.chat.chat(_open(found, user_id)))
+    return reply

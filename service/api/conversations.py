@@ -10,10 +10,12 @@ from flask import Blueprint, request
 from service.auth import current_user
 from service.errors import NotFound
 from service.extensions import services
-from service.schemas import PageQuerySchema, load
+from service.schemas import ConversationDetailSchema, ConversationListSchema, PageQuerySchema, load
 
 bp = Blueprint("conversations", __name__, url_prefix="/api/v1/ai/conversations")
 _page = PageQuerySchema()
+_listing = ConversationListSchema()
+_detail = ConversationDetailSchema()
 
 
 def _conversation_id(raw: str) -> str:
@@ -29,7 +31,9 @@ def list_conversations() -> dict[str, Any]:
     found = services()
     user_id = current_user(found.auth)
     page = load(_page, request.args.to_dict())
-    return {"conversations": found.conversations.list_for(user_id, page["limit"], page["offset"])}
+    rows = found.conversations.list_for(user_id, page["limit"], page["offset"])
+    listing: dict[str, Any] = _listing.dump({"conversations": rows})
+    return listing
 
 
 @bp.get("/<conversation_id>")
@@ -40,7 +44,8 @@ def read_conversation(conversation_id: str) -> dict[str, Any]:
     conversation = found.conversations.read(_conversation_id(conversation_id), user_id)
     if conversation is None:
         raise NotFound("No such conversation.")
-    return conversation
+    detail: dict[str, Any] = _detail.dump(conversation)
+    return detail
 
 
 @bp.delete("/<conversation_id>")

@@ -1,4 +1,4 @@
-"""Every error leaves as the one JSON shape of WIRE.md; nothing leaks a traceback."""
+"""Every error leaves as the one JSON shape of docs/protocol.md; nothing leaks a traceback."""
 
 from __future__ import annotations
 

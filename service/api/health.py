@@ -51,5 +51,5 @@ def metrics() -> Response:
 
 @bp.get("/openapi.json")
 def openapi() -> dict[str, Any]:
-    """The OpenAPI document; it agrees with WIRE.md."""
+    """The OpenAPI document: every route, built from the schemas the responses are dumped through."""
     return build_spec()

@@ -1,6 +1,6 @@
 """The events a chat stream yields: plain data, no SSE and no Flask.
 
-``payload()`` gives the wire dict of WIRE.md; the SSE layer only frames it.
+``payload()`` gives the wire dict of docs/protocol.md; the SSE layer only frames it.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ import time
 import uuid
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from service.chat.context import Context, ContextBuilder
 from service.chat.events import Done, Error, Event, Metadata, Token, Usage
@@ -41,6 +41,18 @@ class TokenMeter(Protocol):
     def add(self, count: int) -> None: ...
 
     def flush(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class ChatResult:
+    """A whole reply, for the non-streaming endpoint."""
+
+    conversation_id: str
+    message_id: str
+    content: str
+    model: str
+    finish_reason: str
+    usage: Usage
 
 
 @dataclass(frozen=True)
@@ -249,8 +261,8 @@ class ChatService:
         context = self.context.build(model, history, message, keep_at_most=kept // 2)
         return context, self.streaming.open(CompletionRequest(model, context.messages, self.settings.max_tokens))
 
-    def chat(self, stream: ChatStream) -> dict[str, Any]:
-        """Run a stream to its end and answer as one JSON body (the non-streaming fallback)."""
+    def chat(self, stream: ChatStream) -> ChatResult:
+        """Run a stream to its end and answer as one whole reply (the non-streaming fallback)."""
         final: Event | None = None
         for events in stream.events():
             if events:
@@ -258,12 +270,12 @@ class ChatService:
         metadata = stream.metadata
         if isinstance(final, Error) and final.code != ContentFiltered.code:
             raise RateLimited(final.message) if final.code == RateLimited.code else UpstreamUnavailable(final.message)
-        usage = stream.usage()
-        return {
-            "conversationId": metadata.conversation_id,
-            "messageId": metadata.message_id,
-            "content": stream.parts.text(),
-            "model": metadata.model,
-            "finishReason": stream.upstream.finish_reason if isinstance(final, Done) else "content_filter",
-            "usage": usage.payload(),
-        }
+        finish_reason = (stream.upstream.finish_reason or "stop") if isinstance(final, Done) else "content_filter"
+        return ChatResult(
+            metadata.conversation_id,
+            metadata.message_id,
+            stream.parts.text(),
+            metadata.model,
+            finish_reason,
+            stream.usage(),
+        )

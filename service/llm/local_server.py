@@ -21,6 +21,7 @@ import http.client
 import importlib
 import importlib.util
 import logging
+import math
 import os
 import shutil
 import signal
@@ -128,6 +129,20 @@ def _env_int(environ: Mapping[str, str], name: str, default: int, low: int) -> i
     return value
 
 
+def _env_float(environ: Mapping[str, str], name: str, default: float, low: float, high: float | None = None) -> float:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a number") from None
+    if not math.isfinite(value) or value < low or (high is not None and value > high):
+        bounds = f"at least {low:g}" if high is None else f"between {low:g} and {high:g}"
+        raise ValueError(f"{name}={raw} must be {bounds}")
+    return value
+
+
 @dataclass(frozen=True)
 class LocalModelOptions:
     """How to run llama-server.
@@ -138,6 +153,11 @@ class LocalModelOptions:
     turn plus trimmed history) for about 190 MB of f16 KV cache. One thread leaves
     the second core to gunicorn's workers; continuous batching still serves all
     slots at once.
+
+    The sampling fields are llama-server's defaults for requests that leave them
+    out (the service sends none); None leaves a flag out. With llama-server's own
+    defaults SmolLM2-135M looped in 5-7 of 20 replies, repeating a sentence until
+    its slot was full; with these, 0 of 120 (``python -m bench.demo_replies``).
     """
 
     model_path: Path | None = None
@@ -147,6 +167,24 @@ class LocalModelOptions:
     host: str = "127.0.0.1"
     port: int = 0
     model_name: str = DEFAULT_MODEL_NAME
+    # -n: the reply cap of a request without max_tokens (one with it wins), so a
+    # loop the penalties miss ends within ~30 s, not at a full slot (~2,000 tokens).
+    max_tokens: int | None = 512
+    # SmolLM2's recommended 0.2 / 0.9: at 0.7 replies wandered off topic more.
+    temperature: float | None = 0.2
+    top_p: float | None = 0.9
+    min_p: float | None = 0.05
+    # Without the per-token penalty 4 in 20 looped: DRY's sequence breakers
+    # (newline, ':', '"', '*') reset it at each line of a list.
+    repeat_penalty: float | None = 1.1
+    repeat_last_n: int | None = 64
+    # DRY penalises a token extending a sequence already seen in the last
+    # ``dry_penalty_last_n`` tokens (this build rejects -1) by multiplier *
+    # base ** (length - allowed_length); without it 2 in 20 still looped.
+    dry_multiplier: float | None = 0.8
+    dry_base: float | None = 1.75
+    dry_allowed_length: int | None = 2
+    dry_penalty_last_n: int | None = 512
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> LocalModelOptions:
@@ -172,6 +210,16 @@ class LocalModelOptions:
             slots=slots,
             context=context,
             port=port,
+            max_tokens=_env_int(environ, "LOCAL_MODEL_MAX_TOKENS", 512, 1),
+            temperature=_env_float(environ, "LOCAL_MODEL_TEMPERATURE", 0.2, 0.0),
+            top_p=_env_float(environ, "LOCAL_MODEL_TOP_P", 0.9, 0.0, 1.0),
+            min_p=_env_float(environ, "LOCAL_MODEL_MIN_P", 0.05, 0.0, 1.0),
+            repeat_penalty=_env_float(environ, "LOCAL_MODEL_REPEAT_PENALTY", 1.1, 0.0),
+            repeat_last_n=_env_int(environ, "LOCAL_MODEL_REPEAT_LAST_N", 64, 0),
+            dry_multiplier=_env_float(environ, "LOCAL_MODEL_DRY_MULTIPLIER", 0.8, 0.0),
+            dry_base=_env_float(environ, "LOCAL_MODEL_DRY_BASE", 1.75, 1.0),
+            dry_allowed_length=_env_int(environ, "LOCAL_MODEL_DRY_ALLOWED_LENGTH", 2, 1),
+            dry_penalty_last_n=_env_int(environ, "LOCAL_MODEL_DRY_PENALTY_LAST_N", 512, 0),
         )
 
 
@@ -329,7 +377,24 @@ class LocalModelServer:
             "--cache-ram", "256",
             "--log-colors", "off",
             "--log-timestamps",
+            *self._sampling_flags(),
         ]  # fmt: skip
+
+    def _sampling_flags(self) -> list[str]:
+        opts = self.options
+        flags = {
+            "-n": opts.max_tokens,
+            "--temp": opts.temperature,
+            "--top-p": opts.top_p,
+            "--min-p": opts.min_p,
+            "--repeat-penalty": opts.repeat_penalty,
+            "--repeat-last-n": opts.repeat_last_n,
+            "--dry-multiplier": opts.dry_multiplier,
+            "--dry-base": opts.dry_base,
+            "--dry-allowed-length": opts.dry_allowed_length,
+            "--dry-penalty-last-n": opts.dry_penalty_last_n,
+        }
+        return [arg for flag, value in flags.items() if value is not None for arg in (flag, str(value))]
 
     def start(self, timeout: float = 120) -> None:
         """Spawn llama-server (if not running) and wait until ``/health`` is 200.

@@ -1,4 +1,4 @@
-// API calls: every request the page makes to the service (WIRE.md), with the access token attached.
+// API calls: every request the page makes to the service (docs/protocol.md), with the access token attached.
 //
 // JSON calls resolve to the body or throw ApiError (the service's JSON error, or a status it would use)
 // or NetworkError (nothing came back). The stream calls resolve to the raw Response, which the turn

@@ -1,6 +1,6 @@
 // A turn: one message and its reply, from send to the reply's end: stream, retry, stop, fall back.
 //
-// The reply streams over POST /api/v1/ai/chat/stream (WIRE.md). A lost connection is retried RETRY_LIMIT
+// The reply streams over POST /api/v1/ai/chat/stream (docs/protocol.md). A lost connection is retried RETRY_LIMIT
 // times with exponential backoff: before the stream id is known by POSTing again, after it by
 // GET /chat/stream/<id> with Last-Event-ID (the server replays what came after it). After that, or when
 // streaming is impossible, the turn asks POST /api/v1/ai/chat for the whole reply.
@@ -194,7 +194,7 @@ export class Turn {
         return "ended";
       }
       default:
-        return null; // unknown types are ignored (WIRE.md)
+        return null; // unknown types are ignored (docs/protocol.md)
     }
   }
 

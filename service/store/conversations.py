@@ -42,34 +42,55 @@ class ExchangeRecord:
     new_conversation: bool = False  # its id was made for this exchange: nothing to look up first
 
 
-def _iso(moment: datetime) -> str:
-    return moment.isoformat().replace("+00:00", "Z") if moment.tzinfo else moment.isoformat() + "Z"
+@dataclass(frozen=True)
+class TokenCounts:
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
 
 
-def _message_dict(message: Message) -> dict[str, Any]:
-    usage = None
-    if message.prompt_tokens is not None or message.completion_tokens is not None:
-        prompt, completion = message.prompt_tokens or 0, message.completion_tokens or 0
-        usage = {"promptTokens": prompt, "completionTokens": completion, "totalTokens": prompt + completion}
-    return {
-        "id": message.id,
-        "role": message.role,
-        "content": message.content,
-        "status": message.status,
-        "model": message.model,
-        "finishReason": message.finish_reason,
-        "usage": usage,
-        "createdAt": _iso(message.created_at),
-    }
+@dataclass(frozen=True)
+class MessageRow:
+    id: str
+    role: str
+    content: str
+    status: str
+    model: str | None
+    finish_reason: str | None
+    usage: TokenCounts | None
+    created_at: datetime
+
+    @classmethod
+    def of(cls, message: Message) -> MessageRow:
+        usage = None
+        if message.prompt_tokens is not None or message.completion_tokens is not None:
+            usage = TokenCounts(message.prompt_tokens or 0, message.completion_tokens or 0)
+        return cls(
+            message.id,
+            message.role,
+            message.content,
+            message.status,
+            message.model,
+            message.finish_reason,
+            usage,
+            message.created_at,
+        )
 
 
-def _conversation_dict(conversation: Conversation) -> dict[str, Any]:
-    return {
-        "id": conversation.id,
-        "title": conversation.title,
-        "createdAt": _iso(conversation.created_at),
-        "updatedAt": _iso(conversation.updated_at),
-    }
+@dataclass(frozen=True)
+class ConversationRow:
+    id: str
+    title: str
+    created_at: datetime
+    updated_at: datetime
+    messages: list[MessageRow] | None = None  # read with its messages, or listed without
+
+    @classmethod
+    def of(cls, conversation: Conversation, messages: list[MessageRow] | None = None) -> ConversationRow:
+        return cls(conversation.id, conversation.title, conversation.created_at, conversation.updated_at, messages)
 
 
 class ConversationStore:
@@ -112,8 +133,8 @@ class ConversationStore:
         """Several exchanges in one transaction."""
         self.database.statements(lambda connection: _write_exchanges(connection, records))
 
-    def list_for(self, user_id: str, limit: int, offset: int) -> list[dict[str, Any]]:
-        def work(session: Session) -> list[dict[str, Any]]:
+    def list_for(self, user_id: str, limit: int, offset: int) -> list[ConversationRow]:
+        def work(session: Session) -> list[ConversationRow]:
             rows = session.scalars(
                 select(Conversation)
                 .where(Conversation.user_id == user_id)
@@ -121,18 +142,18 @@ class ConversationStore:
                 .limit(limit)
                 .offset(offset)
             ).all()
-            return [_conversation_dict(row) for row in rows]
+            return [ConversationRow.of(row) for row in rows]
 
         return self.database.transaction(work)
 
-    def read(self, conversation_id: str, user_id: str) -> dict[str, Any] | None:
-        def work(session: Session) -> dict[str, Any] | None:
+    def read(self, conversation_id: str, user_id: str) -> ConversationRow | None:
+        """The conversation with its messages, oldest first; None when it is not the user's."""
+
+        def work(session: Session) -> ConversationRow | None:
             conversation = _owned(session, conversation_id, user_id)
             if conversation is None:
                 return None
-            body = _conversation_dict(conversation)
-            body["messages"] = [_message_dict(message) for message in conversation.messages]
-            return body
+            return ConversationRow.of(conversation, [MessageRow.of(message) for message in conversation.messages])
 
         return self.database.transaction(work)
 

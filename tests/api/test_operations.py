@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import gc
+import re
 
 from flask.testing import FlaskClient
 
@@ -22,20 +23,32 @@ def test_metrics_are_prometheus_text(client: FlaskClient) -> None:
     assert "chat_tokens_relayed_total 3.0" in text
 
 
-def test_openapi_agrees_with_the_wire(client: FlaskClient) -> None:
+def openapi_path(rule: str) -> str:
+    """Flask's ``<conversation_id>`` (or ``<path:filename>``) as OpenAPI's ``{conversationId}``."""
+
+    def camel(match: re.Match[str]) -> str:
+        head, *rest = match.group(1).split("_")
+        return "{" + head + "".join(part.title() for part in rest) + "}"
+
+    return re.sub(r"<(?:\w+:)?(\w+)>", camel, rule)
+
+
+def test_every_route_is_in_the_openapi_document_and_back(client: FlaskClient) -> None:
+    app = client.application
+    routes = {
+        (openapi_path(rule.rule), method.lower())
+        for rule in app.url_map.iter_rules()
+        for method in rule.methods or ()
+        if method not in {"HEAD", "OPTIONS"}
+    }
+    paths = client.get("/openapi.json").get_json()["paths"]
+    documented = {(path, method) for path, operations in paths.items() for method in operations}
+    assert routes == documented
+
+
+def test_openapi_agrees_with_the_responses(client: FlaskClient) -> None:
     document = client.get("/openapi.json").get_json()
     paths = document["paths"]
-    assert set(paths) >= {
-        "/api/v1/ai/chat/stream",
-        "/api/v1/ai/chat/stream/{streamId}",
-        "/api/v1/ai/chat",
-        "/api/v1/ai/conversations",
-        "/api/v1/ai/conversations/{conversationId}",
-        "/healthz",
-        "/readyz",
-        "/metrics",
-    }
-    assert set(paths["/api/v1/ai/chat/stream/{streamId}"]) == {"get", "delete"}
     stream_responses = paths["/api/v1/ai/chat/stream"]["post"]["responses"]
     assert set(stream_responses) == {"200", "400", "401", "404", "413", "415", "429", "502", "503"}
     assert "text/event-stream" in stream_responses["200"]["content"]
@@ -60,3 +73,16 @@ def test_a_scrape_forces_no_full_garbage_collection(client: FlaskClient) -> None
         gc.callbacks.remove(record)
     assert "chat_process_event_loop_watchers" in text
     assert full == []
+
+
+def test_responses_carry_exactly_the_documented_fields(client: FlaskClient) -> None:
+    schemas = client.get("/openapi.json").get_json()["components"]["schemas"]
+    reply = client.post("/api/v1/ai/chat", json={"message": "documented #tokens=2"}).get_json()
+    assert set(reply) == set(schemas["ChatResponse"]["properties"])
+    conversation = client.get(f"/api/v1/ai/conversations/{reply['conversationId']}").get_json()
+    assert set(conversation) == set(schemas["ConversationDetail"]["properties"])
+    assert {key for message in conversation["messages"] for key in message} == set(schemas["Message"]["properties"])
+    assert conversation["createdAt"].endswith("Z")
+    listing = client.get("/api/v1/ai/conversations").get_json()
+    assert set(listing) == set(schemas["ConversationList"]["properties"])
+    assert set(listing["conversations"][0]) == set(schemas["Conversation"]["properties"])

@@ -7,6 +7,7 @@ the install hint, rather than silently skipping.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -18,11 +19,13 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import openai
 import pytest
 from openai.types import CompletionUsage
+from openai.types.chat import ChatCompletionMessageParam
 
 from service.llm.local_server import (
     INSTALL_HINT,
@@ -39,6 +42,19 @@ pytestmark = pytest.mark.local_model
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROMPT = "Tell me about baby sleep patterns"
 COMMON_WORDS = {"the", "a", "and", "to", "of", "is", "in", "your", "baby", "sleep"}
+# llama-server flags the service adds, with their default values (bench/demo_replies.py measured them).
+SAMPLING_DEFAULTS = {
+    "-n": "512",
+    "--temp": "0.2",
+    "--top-p": "0.9",
+    "--min-p": "0.05",
+    "--repeat-penalty": "1.1",
+    "--repeat-last-n": "64",
+    "--dry-multiplier": "0.8",
+    "--dry-base": "1.75",
+    "--dry-allowed-length": "2",
+    "--dry-penalty-last-n": "512",
+}
 
 
 def _skip_if_asked() -> None:
@@ -153,6 +169,93 @@ def test_from_env_reads_and_rejects() -> None:
         with pytest.raises(ValueError, match=name):
             LocalModelOptions.from_env({name: value})
     assert "--no-deps" in INSTALL_HINT
+
+
+def _flags(options: LocalModelOptions) -> dict[str, str]:
+    """The command line's ``--flag value`` pairs (the binary and the model must be installed)."""
+    _skip_if_asked()
+    srv = LocalModelServer(replace(options, port=options.port or 9))  # command() needs a port; nothing starts
+    try:
+        cmd = srv.command()
+    except LocalModelUnavailable as exc:
+        pytest.fail(str(exc), pytrace=False)
+    return {flag: value for flag, value in itertools.pairwise(cmd) if flag.startswith("-")}
+
+
+def test_command_carries_the_sampling_defaults() -> None:
+    flags = _flags(LocalModelOptions.from_env({}))
+    assert {flag: flags.get(flag) for flag in SAMPLING_DEFAULTS} == SAMPLING_DEFAULTS
+
+
+def test_sampling_overrides_and_bad_values() -> None:
+    opts = LocalModelOptions.from_env(
+        {
+            "LOCAL_MODEL_MAX_TOKENS": "128",
+            "LOCAL_MODEL_TEMPERATURE": "0",
+            "LOCAL_MODEL_TOP_P": "1",
+            "LOCAL_MODEL_MIN_P": "0.1",
+            "LOCAL_MODEL_REPEAT_PENALTY": "1.0",
+            "LOCAL_MODEL_REPEAT_LAST_N": "0",
+            "LOCAL_MODEL_DRY_MULTIPLIER": "0",
+            "LOCAL_MODEL_DRY_BASE": "2",
+            "LOCAL_MODEL_DRY_ALLOWED_LENGTH": "3",
+            "LOCAL_MODEL_DRY_PENALTY_LAST_N": "512",
+        }
+    )
+    flags = _flags(opts)
+    assert {flag: flags.get(flag) for flag in SAMPLING_DEFAULTS} == {
+        "-n": "128",
+        "--temp": "0.0",
+        "--top-p": "1.0",
+        "--min-p": "0.1",
+        "--repeat-penalty": "1.0",
+        "--repeat-last-n": "0",
+        "--dry-multiplier": "0.0",
+        "--dry-base": "2.0",
+        "--dry-allowed-length": "3",
+        "--dry-penalty-last-n": "512",
+    }
+    for name, value in [
+        ("LOCAL_MODEL_MAX_TOKENS", "0"),
+        ("LOCAL_MODEL_MAX_TOKENS", "lots"),
+        ("LOCAL_MODEL_TEMPERATURE", "warm"),
+        ("LOCAL_MODEL_TEMPERATURE", "-0.5"),
+        ("LOCAL_MODEL_TEMPERATURE", "nan"),
+        ("LOCAL_MODEL_TOP_P", "1.5"),
+        ("LOCAL_MODEL_MIN_P", "-0.1"),
+        ("LOCAL_MODEL_REPEAT_PENALTY", "inf"),
+        ("LOCAL_MODEL_REPEAT_LAST_N", "-1"),  # llama-server rejects -1 for both
+        ("LOCAL_MODEL_DRY_MULTIPLIER", "-1"),
+        ("LOCAL_MODEL_DRY_BASE", "0.5"),
+        ("LOCAL_MODEL_DRY_ALLOWED_LENGTH", "0"),
+        ("LOCAL_MODEL_DRY_PENALTY_LAST_N", "-1"),
+        ("LOCAL_MODEL_DRY_PENALTY_LAST_N", "1.5"),
+    ]:
+        with pytest.raises(ValueError, match=name):
+            LocalModelOptions.from_env({name: value})
+
+
+def test_none_leaves_a_sampling_flag_out() -> None:
+    flags = _flags(LocalModelOptions(max_tokens=None, dry_multiplier=None, temperature=None))
+    assert "-n" not in flags and "--dry-multiplier" not in flags and "--temp" not in flags
+    assert flags["--repeat-penalty"] == SAMPLING_DEFAULTS["--repeat-penalty"]
+
+
+def test_max_tokens_is_the_default_reply_cap() -> None:
+    """-n caps a request that sets no max_tokens (the service sends none unless MAX_COMPLETION_TOKENS is set)."""
+    _skip_if_asked()
+    srv = LocalModelServer(LocalModelOptions(slots=1, context=1024, max_tokens=16))
+    srv.start()
+    try:
+        client = openai.OpenAI(base_url=srv.base_url, api_key="local", timeout=60)
+        messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Write a long story about a dragon."}]
+        capped = client.chat.completions.create(model=srv.options.model_name, messages=messages)
+        asked = client.chat.completions.create(model=srv.options.model_name, messages=messages, max_tokens=48)
+    finally:
+        srv.stop()
+    assert capped.usage is not None and asked.usage is not None
+    assert (capped.usage.completion_tokens, capped.choices[0].finish_reason) == (16, "length")
+    assert asked.usage.completion_tokens > 16  # a request's own max_tokens wins
 
 
 def test_starts_and_reports_healthy(server: LocalModelServer) -> None:

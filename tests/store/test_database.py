@@ -40,8 +40,8 @@ def test_exchange_saved_in_order_and_owned(store: ConversationStore) -> None:
     store.save_exchange(record(conversation, user, "one"))
     store.save_exchange(record(conversation, user, "two", status="incomplete"))
     read = store.read(conversation, user)
-    assert read is not None
-    assert [(m["role"], m["content"], m["status"]) for m in read["messages"]] == [
+    assert read is not None and read.messages is not None
+    assert [(m.role, m.content, m.status) for m in read.messages] == [
         ("user", "one", "complete"),
         ("assistant", "reply to one", "complete"),
         ("user", "two", "complete"),
@@ -55,7 +55,7 @@ def test_exchange_saved_in_order_and_owned(store: ConversationStore) -> None:
     assert store.read(conversation, other) is None
     assert store.history(conversation, other, 5) is None
     assert store.delete(conversation, other) is False
-    assert [item["id"] for item in store.list_for(user, 10, 0)] == [conversation]
+    assert [item.id for item in store.list_for(user, 10, 0)] == [conversation]
     assert store.delete(conversation, user) is True
     assert store.read(conversation, user) is None
 

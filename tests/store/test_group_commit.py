@@ -65,10 +65,10 @@ def test_exchanges_saved_together_keep_their_order_and_owners(store: Conversatio
     for item in fresh:
         read = store.read(item.conversation_id, user)
         assert read is not None
-        assert [m["content"] for m in read["messages"]] == [item.user_message, item.reply]
+        assert [m.content for m in read.messages or []] == [item.user_message, item.reply]
     read = store.read(shared, user)
     assert read is not None
-    contents = [m["content"] for m in read["messages"]]
+    contents = [m.content for m in read.messages or []]
     assert contents[:2] == ["first", "reply to first"]
     assert sorted(contents[2:]) == sorted(text for n in range(3) for text in (f"then {n}", f"reply to then {n}"))
     for index in range(2, len(contents), 2):  # each question is followed by its own reply
