@@ -27,12 +27,17 @@ def read_events(response: httpx.Response) -> Iterator[Received]:
     data: list[str] = []
     for line in response.iter_lines():
         if line.startswith("id:"):
-            event_id = line[3:].strip()
+            event_id = _value(line[3:])
         elif line.startswith("data:"):
-            data.append(line[5:].strip())
+            data.append(_value(line[5:]))
         elif line == "" and data:
             yield Received(event_id, json.loads("\n".join(data)), time.monotonic())
             event_id, data = None, []
+
+
+def _value(field: str) -> str:
+    """A field's value: the SSE rules drop one leading space and keep everything else, spaces included."""
+    return field[1:] if field.startswith(" ") else field
 
 
 def stream(base_url: str, body: dict[str, Any], headers: dict[str, str] | None = None) -> list[Received]:

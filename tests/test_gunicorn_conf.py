@@ -82,7 +82,10 @@ def test_a_bad_number_fails_loudly(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_gunicorn_cmd_args_override_the_file(server_factory: ServerFactory) -> None:
     server = server_factory(workers=1, GUNICORN_CMD_ARGS="--workers 3")
-    time.sleep(1)
+    deadline = time.monotonic() + 10
+    while len(server.worker_pids()) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # and no more than three come
     assert len(server.worker_pids()) == 3
 
 

@@ -8,20 +8,45 @@ import uuid
 from pathlib import Path
 
 import httpx
+import jwt
 import pytest
+import redis
 
+from service.relay.mirror import PREFIX
 from tests.conftest import ServerFactory
 from tests.fake_upstream import FakeUpstream
 from tests.servers import GunicornServer
 
 STREAM = "/api/v1/ai/chat/stream"
 POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+REDIS_URL = "redis://127.0.0.1:6379/0"
+SECRET = "multi-host-secret-that-is-long-enough"
 
 
 @pytest.fixture
 def hosts(server_factory: ServerFactory, tmp_path: Path) -> tuple[GunicornServer, GunicornServer]:
-    env = {"REDIS_URL": "redis://127.0.0.1:6379/0", "DATABASE_URL": POSTGRES_URL, "HEARTBEAT_SECONDS": "1"}
+    env = {"REDIS_URL": REDIS_URL, "DATABASE_URL": POSTGRES_URL, "HEARTBEAT_SECONDS": "1", "JWT_SECRET": SECRET}
     return server_factory(**env), server_factory(**env)
+
+
+def bearer(user: str) -> dict[str, str]:
+    token = jwt.encode({"sub": user, "exp": int(time.time()) + 600}, SECRET, "HS256")
+    return {"Authorization": f"Bearer {token}"}
+
+
+ALICE, BOB = bearer("alice"), bearer("bob")
+
+
+def wait_mirrored(stream_id: str, sequence: int, timeout: float = 5.0) -> None:
+    """Until the running host has mirrored the event numbered ``sequence`` into Redis (it flushes every 100 ms)."""
+    client = redis.Redis.from_url(REDIS_URL)
+    wanted = f"id: {stream_id}:{sequence}\n".encode()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(wanted in fields.get(b"data", b"") for _, fields in client.xrange(PREFIX + stream_id)):
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"event {sequence} of {stream_id} was never mirrored")
 
 
 def ids_and_types(lines: list[str]) -> list[tuple[str, str]]:
@@ -37,7 +62,10 @@ def ids_and_types(lines: list[str]) -> list[tuple[str, str]]:
 def test_resume_on_another_host_replays_then_follows(hosts: tuple[GunicornServer, GunicornServer]) -> None:
     first, second = hosts
     message = f"cross host {uuid.uuid4()} #tokens=12 #delay=0.15"
-    with httpx.Client(timeout=30) as client, client.stream("POST", first.url + STREAM, json={"message": message}) as r:
+    with (
+        httpx.Client(timeout=30, headers=ALICE) as client,
+        client.stream("POST", first.url + STREAM, json={"message": message}) as r,
+    ):
         lines = r.iter_lines()
         seen = []
         for line in lines:
@@ -46,7 +74,7 @@ def test_resume_on_another_host_replays_then_follows(hosts: tuple[GunicornServer
             if len(seen) == 4:
                 break
         stream_id = seen[0].split(":")[0]
-        time.sleep(0.3)  # let the running host mirror what it has sent
+        wait_mirrored(stream_id, 3)
         headers = {"Last-Event-ID": seen[2]}
         with client.stream("GET", f"{second.url}{STREAM}/{stream_id}", headers=headers) as resumed:
             assert resumed.status_code == 200
@@ -63,19 +91,38 @@ def test_cancel_through_another_host_stops_the_stream(
     first, second = hosts
     marker = f"cancel across {uuid.uuid4()}"
     with (
-        httpx.Client(timeout=30) as client,
+        httpx.Client(timeout=30, headers=ALICE) as client,
         client.stream("POST", first.url + STREAM, json={"message": f"{marker} #tokens=100 #delay=0.1"}) as r,
     ):
         lines = r.iter_lines()
         stream_id = next(line for line in lines if line.startswith("id:")).split()[1].split(":")[0]
-        time.sleep(0.3)
-        assert httpx.delete(f"{second.url}{STREAM}/{stream_id}").status_code == 204
+        wait_mirrored(stream_id, 0)
+        assert httpx.delete(f"{second.url}{STREAM}/{stream_id}", headers=ALICE).status_code == 204
         rest = list(lines)
     assert any('"code":"cancelled"' in line for line in rest)
     assert upstream.connection_for(marker).closed_at is not None
 
 
-def test_another_users_stream_is_not_found_on_any_host(hosts: tuple[GunicornServer, GunicornServer]) -> None:
-    _, second = hosts
-    assert httpx.get(f"{second.url}{STREAM}/{uuid.uuid4().hex}").status_code == 404
-    assert httpx.delete(f"{second.url}{STREAM}/{uuid.uuid4().hex}").status_code == 404
+def test_another_users_stream_is_not_found_on_any_host(
+    hosts: tuple[GunicornServer, GunicornServer], upstream: FakeUpstream
+) -> None:
+    """Bob cannot read, resume or cancel Alice's running stream, on her host or another; Alice can."""
+    first, second = hosts
+    marker = f"alice only {uuid.uuid4()}"
+    with (
+        httpx.Client(timeout=30, headers=ALICE) as client,
+        client.stream("POST", first.url + STREAM, json={"message": f"{marker} #tokens=40 #delay=0.1"}) as r,
+    ):
+        lines = r.iter_lines()
+        stream_id = next(line for line in lines if line.startswith("id:")).split()[1].split(":")[0]
+        wait_mirrored(stream_id, 0)
+        for host in (first, second):
+            resume = {"Last-Event-ID": f"{stream_id}:0", **BOB}
+            assert httpx.get(f"{host.url}{STREAM}/{stream_id}", headers=resume, timeout=5).status_code == 404
+            assert httpx.delete(f"{host.url}{STREAM}/{stream_id}", headers=BOB).status_code == 404
+        assert upstream.connection_for(marker).closed_at is None  # Bob's cancels touched nothing
+        with client.stream(
+            "GET", f"{second.url}{STREAM}/{stream_id}", headers={"Last-Event-ID": f"{stream_id}:0"}
+        ) as own:
+            assert own.status_code == 200
+        assert httpx.get(f"{second.url}{STREAM}/{uuid.uuid4().hex}", headers=ALICE).status_code == 404

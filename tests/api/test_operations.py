@@ -2,17 +2,32 @@ from __future__ import annotations
 
 import gc
 import re
+from collections.abc import Callable
 
+from flask import Flask
 from flask.testing import FlaskClient
 
 from service.schemas import ChatRequestSchema
+from tests.fake_upstream import FakeUpstream
+from tests.servers import free_port
 
 
 def test_health_and_readiness(client: FlaskClient) -> None:
     assert client.get("/healthz").get_json() == {"status": "ok"}
     ready = client.get("/readyz")
     assert ready.status_code == 200
-    assert ready.get_json()["checks"]["database"] == "ok"
+    assert ready.get_json() == {"status": "ready", "checks": {"database": "ok", "model": "openai:gpt-4o-mini"}}
+
+
+def test_not_ready_while_the_local_model_does_not_answer(
+    make_app: Callable[..., Flask], upstream: FakeUpstream
+) -> None:
+    down = make_app(local_model_url=f"http://127.0.0.1:{free_port()}/v1").test_client().get("/readyz")
+    assert down.status_code == 503
+    assert down.get_json()["status"] == "not_ready"
+    assert down.get_json()["checks"]["localModel"] == "unavailable"
+    up = make_app(local_model_url=upstream.base_url).test_client().get("/readyz")  # it answers /health
+    assert (up.status_code, up.get_json()["checks"]["localModel"]) == (200, "ok")
 
 
 def test_metrics_are_prometheus_text(client: FlaskClient) -> None:

@@ -105,7 +105,10 @@ def test_a_database_wait_does_not_stall_other_streams(server_factory: ServerFact
 def test_several_workers_start_together_on_a_fresh_database(server_factory: ServerFactory) -> None:
     """Every worker creates the tables at start; the ones that lose the race must still boot."""
     server = server_factory(workers=4)
-    time.sleep(1.5)
+    deadline = time.monotonic() + 10
+    while len(server.worker_pids()) < 4 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # a worker that lost the race would exit now and be replaced
     assert server.process is not None and server.process.poll() is None
     assert len(server.worker_pids()) == 4
     assert stream(server.url, {"message": "after a racy start #tokens=2"})[-1].type == "done"
