@@ -65,7 +65,7 @@ def on_starting(server: Any) -> None:
     if _provider_configured():
         return
     from service.config import LOCAL_MODEL_NAME
-    from service.llm.local_server import LocalModelOptions, LocalModelServer
+    from service.local_model import LocalModelOptions, LocalModelServer
 
     options = LocalModelOptions.from_env(os.environ)
     server.log.info("No provider configured: starting the local demo model (%s)", options.model_name)

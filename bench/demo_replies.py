@@ -29,7 +29,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from service.config import DEFAULT_SYSTEM_PROMPT
-from service.llm.local_server import DEFAULT_MODEL_NAME, LocalModelOptions, LocalModelServer
+from service.config import LOCAL_MODEL_NAME
+from service.local_model import LocalModelOptions, LocalModelServer
 
 PROMPTS = (
     "Tell me about baby sleep patterns",
@@ -164,7 +165,7 @@ def print_table(replies: list[Reply], wall: float) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", help="an OpenAI-compatible base URL to use instead of starting llama-server")
-    parser.add_argument("--model", default=DEFAULT_MODEL_NAME, help="the model name sent (default %(default)s)")
+    parser.add_argument("--model", default=LOCAL_MODEL_NAME, help="the model name sent (default %(default)s)")
     parser.add_argument(
         "--baseline",
         action="store_true",

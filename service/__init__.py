@@ -1,7 +1,7 @@
 """The chat streaming gateway: ``create_app`` builds the Flask app.
 
 Importing the package is cheap on purpose: the gunicorn master imports ``service.config`` and
-``service.llm.local_server`` before any worker has monkey-patched, and ``python -m service.client`` needs none of
+``service.local_model`` before any worker has monkey-patched, and ``python -m service.client`` needs none of
 the server; so the app's modules load only when ``create_app`` is called.
 """
 

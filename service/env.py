@@ -7,6 +7,7 @@ through it before any worker has monkey-patched.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 
@@ -31,8 +32,8 @@ class EnvReader:
     def items(self, name: str) -> tuple[str, ...]:
         return tuple(item.strip() for item in self.env.get(name, "").split(",") if item.strip())
 
-    def number(self, name: str, default: float, minimum: float | None = None) -> float:
-        """A positive number, or with ``minimum`` one at least that large."""
+    def number(self, name: str, default: float, minimum: float | None = None, maximum: float | None = None) -> float:
+        """A finite number: positive, or with ``minimum`` at least that (and with ``maximum`` at most that)."""
         raw = self.optional(name)
         if raw is None:
             return default
@@ -40,19 +41,26 @@ class EnvReader:
             value = float(raw)
         except ValueError:
             raise ConfigError(f"Config {name!r} must be a number, got {raw!r}.") from None
+        if not math.isfinite(value):
+            raise ConfigError(f"Config {name!r} must be a finite number, got {raw!r}.")
         if minimum is None and value <= 0:
             raise ConfigError(f"Config {name!r} must be positive, got {raw!r}.")
-        if minimum is not None and not value >= minimum:
-            raise ConfigError(f"Config {name!r} must be at least {minimum:g}, got {raw!r}.")
+        self._check_range(name, value, minimum, maximum)
         return value
 
-    def integer(self, name: str, default: int, minimum: int = 0) -> int:
+    def integer(self, name: str, default: int, minimum: int = 0, maximum: int | None = None) -> int:
         value = self.optional_int(name)
         if value is None:
             return default
-        if value < minimum:
-            raise ConfigError(f"Config {name!r} must be at least {minimum}, got {value}.")
+        self._check_range(name, value, minimum, maximum)
         return value
+
+    @staticmethod
+    def _check_range(name: str, value: float, minimum: float | None, maximum: float | None) -> None:
+        if minimum is not None and value < minimum:
+            raise ConfigError(f"Config {name!r} must be at least {minimum:g}, got {value:g}.")
+        if maximum is not None and value > maximum:
+            raise ConfigError(f"Config {name!r} must be at most {maximum:g}, got {value:g}.")
 
     def optional_int(self, name: str) -> int | None:
         raw = self.optional(name)

@@ -27,7 +27,7 @@ import pytest
 from openai.types import CompletionUsage
 from openai.types.chat import ChatCompletionMessageParam
 
-from service.llm.local_server import (
+from service.local_model import (
     INSTALL_HINT,
     LocalModelOptions,
     LocalModelServer,
@@ -370,7 +370,7 @@ CHILD_SCRIPT = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from service.llm.local_server import LocalModelOptions, LocalModelServer
+    from service.local_model import LocalModelOptions, LocalModelServer
 
     options = LocalModelOptions(slots=1, context=1024)
     srv = LocalModelServer(options, log_path=Path(sys.argv[1]))
