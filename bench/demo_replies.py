@@ -28,8 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from service.config import DEFAULT_SYSTEM_PROMPT
-from service.config import LOCAL_MODEL_NAME
+from service.config import DEFAULT_SYSTEM_PROMPT, LOCAL_MODEL_NAME
 from service.local_model import LocalModelOptions, LocalModelServer
 
 PROMPTS = (
