@@ -11,7 +11,7 @@ from flask import Blueprint, Response, request
 
 from service.api.request_body import json_body
 from service.auth import current_user
-from service.chat.service import ChatRequest, ChatStream
+from service.chat.stream import ChatRequest, ChatStream
 from service.errors import Cancelled, InvalidRequest, NotFound, RateLimited
 from service.extensions import Services, services
 from service.metrics import Metrics

@@ -25,7 +25,7 @@ from gevent.event import Event as Signal
 from gevent.queue import SimpleQueue
 
 from service.chat.events import Token
-from service.chat.service import ChatStream
+from service.chat.stream import ChatStream
 from service.errors import Cancelled, StreamError
 from service.interrupts import WakeUp
 from service.relay.mirror import StreamMirror

@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from service.chat.events import Done, Metadata, Token
-from service.chat.service import ChatRequest, ChatStream
+from service.chat.stream import ChatRequest, ChatStream
 from service.llm.streaming import CompletionRequest
 from service.store.conversations import ConversationStore
 from service.store.database import Database

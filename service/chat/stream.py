@@ -1,0 +1,182 @@
+"""ChatStream: one running chat turn, from the open upstream to its last event, saved exactly once.
+
+The exchange is saved in ``finish()``, complete or incomplete, so nothing the user saw is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from typing import Protocol
+
+from service.chat.events import Done, Error, Event, Metadata, Token, Usage
+from service.chat.reply import ReplyParts
+from service.errors import Cancelled, InternalError, ServiceError, StreamError
+from service.llm.streaming import UpstreamStream
+from service.store.conversations import ConversationStore, ExchangeRecord
+
+log = logging.getLogger(__name__)
+
+
+class TokenMeter(Protocol):
+    """Counts completion tokens as they stream; raises ``BudgetSpent`` when the budget runs out."""
+
+    def add(self, count: int) -> None: ...
+
+    def flush(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    user_id: str
+    message: str
+    conversation_id: str | None = None
+    model: str | None = None
+
+
+class ChatStream:
+    """One running chat turn. ``events()`` yields batches of events; run it once.
+
+    Its transport talks to it through methods: ``interrupt(error)`` asks it to end, ``interruptible`` and
+    ``wakeable`` say whether its greenlet may be thrown into now (only while it waits on the upstream socket, never
+    while it saves, closes or counts), ``untimed_reads()`` hands the bounding of silences to a watchdog, and
+    ``tokens_relayed`` counts what it sent.
+    """
+
+    def __init__(
+        self,
+        metadata: Metadata,
+        request: ChatRequest,
+        upstream: UpstreamStream,
+        store: ConversationStore,
+        prompt_tokens_estimate: int,
+        meter: TokenMeter | None = None,
+        on_end: Callable[[ChatStream], None] | None = None,
+    ) -> None:
+        self.metadata = metadata
+        self.request = request
+        self.upstream = upstream
+        self.store = store
+        self.prompt_tokens_estimate = prompt_tokens_estimate
+        self.meter = meter
+        self.on_end = on_end
+        self._stop: StreamError | None = None
+        self.parts = ReplyParts()
+        self.finished = False
+        self.final_event: Done | Error | None = None
+        self.outcome = ""
+        self.started = time.monotonic()
+
+    def events(self) -> Generator[list[Event], None, None]:
+        """The metadata with any tokens that came in with the upstream's headers (one write, not two), each
+        network read's tokens, and the last event; an empty batch when the heartbeat woke the stream."""
+        batch: list[Event] = [self.metadata]
+        try:
+            try:
+                if self._stop is not None:
+                    raise self._stop
+                next_batch = self.upstream.next_batch
+                texts = next_batch(wait=False)  # never waits: the metadata does not wait for the model
+                while texts is not None:
+                    if texts:
+                        if self.meter is not None:
+                            self.meter.add(len(texts))  # before the batch is shown, so saved == seen
+                        self.parts.extend(texts)
+                        batch += [Token(text) for text in texts]
+                    yield batch
+                    batch, texts = [], None  # neither is kept alive while the stream waits for the model
+                    if self._stop is not None:
+                        raise self._stop
+                    texts = next_batch()
+                if self.meter is not None:
+                    self.meter.flush()
+            except StreamError as exc:
+                final: Event = self.finish(exc)
+            except Exception:
+                log.exception("stream %s failed", self.metadata.stream_id)
+                final = self.finish(InternalError())
+            else:
+                final = self.finish(None)
+            batch.append(final)
+            yield batch
+        finally:
+            if not self.finished:
+                self.finish(Cancelled("The client disconnected before the reply finished."))
+
+    def finish(self, error: ServiceError | None) -> Done | Error:
+        """Close the upstream, save the exchange once, and return the stream's last event."""
+        self.upstream.close()
+        usage = self.usage()
+        final: Done | Error
+        if error is None:
+            elapsed = max(time.monotonic() - self.started, 1e-6)
+            final = Done(self.upstream.finish_reason or "stop", usage, round(usage.completion_tokens / elapsed, 1))
+        else:
+            final = Error(error.code, error.message, error.retryable)
+        if not self.finished:
+            self.finished = True
+            self.final_event = final
+            self.outcome = "done" if error is None else error.code
+            try:
+                self.save(error is None, usage)
+            finally:
+                if self.on_end is not None:
+                    self.on_end(self)
+        return final
+
+    def interrupt(self, error: StreamError) -> bool:
+        """End with ``error`` at the next step (or at once, if its greenlet is thrown ``error`` while it waits);
+        False when it has already finished."""
+        if self.finished:
+            return False
+        self._stop = error
+        return True
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop is not None
+
+    @property
+    def interruptible(self) -> bool:
+        """Blocked on the upstream socket now: the one safe moment to throw into its greenlet."""
+        return self.upstream.waiting and not self.finished
+
+    @property
+    def wakeable(self) -> bool:
+        """Interruptible, in a read of our own that turns a thrown ``WakeUp`` into an empty batch."""
+        return self.interruptible and self.upstream.wakeable
+
+    def untimed_reads(self) -> None:
+        """A watchdog's one timer bounds this stream's silences: its upstream reads arm no timer of their own."""
+        self.upstream.timed_reads = False
+
+    @property
+    def tokens_relayed(self) -> int:
+        return self.upstream.deltas
+
+    def usage(self) -> Usage:
+        if self.upstream.usage is not None:
+            return Usage(*self.upstream.usage)
+        return Usage(self.prompt_tokens_estimate, self.upstream.deltas, estimated=True)
+
+    def save(self, complete: bool, usage: Usage) -> None:
+        try:
+            self.store.save_exchange(
+                ExchangeRecord(
+                    conversation_id=self.metadata.conversation_id,
+                    user_id=self.request.user_id,
+                    user_message=self.request.message,
+                    reply=self.parts.text(),
+                    reply_id=self.metadata.message_id,
+                    status="complete" if complete else "incomplete",
+                    model=self.metadata.model,
+                    finish_reason=self.upstream.finish_reason,
+                    prompt_tokens=usage.prompt_tokens,
+                    completion_tokens=usage.completion_tokens,
+                    new_conversation=self.request.conversation_id is None,
+                )
+            )
+        except Exception:
+            log.exception("could not save conversation %s", self.metadata.conversation_id)
