@@ -1,9 +1,12 @@
 """Bearer token → user id. JWT (HS256 with ``JWT_SECRET`` or RS256 with ``JWT_PUBLIC_KEY``); ``sub`` is the id.
 
 With neither key set, auth is off: every request is the one local user, and ``create_app`` logs a warning.
+An app that mounts the gateway may name the user its own way instead (``user_loader``, see ``service.gateway``).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import jwt
 from flask import g, request
@@ -15,8 +18,9 @@ LOCAL_USER = "local"
 
 
 class Authenticator:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, user_loader: Callable[[], str | None] | None = None) -> None:
         self.settings = settings
+        self.user_loader = user_loader
         if settings.jwt_public_key:
             self.key: str | None = settings.jwt_public_key
             self.algorithms = ["RS256"]
@@ -29,10 +33,16 @@ class Authenticator:
 
     @property
     def enabled(self) -> bool:
-        return self.key is not None
+        return self.key is not None or self.user_loader is not None
 
     def user_for(self, authorization: str | None) -> str:
-        """The user id that the ``Authorization`` header's bearer token proves, or raise ``Unauthorized``."""
+        """The user id that the host app's ``user_loader`` names, or that the ``Authorization`` header's bearer
+        token proves; else raise ``Unauthorized``."""
+        if self.user_loader is not None:
+            user_id = self.user_loader()
+            if not user_id:
+                raise Unauthorized("Sign in first.")
+            return str(user_id)
         if self.key is None:
             return LOCAL_USER
         scheme, _, token = (authorization or "").partition(" ")

@@ -25,8 +25,12 @@ def free_port() -> int:
 class GunicornServer:
     """``gunicorn -c gunicorn.conf.py wsgi:app`` with the given environment, logging to a file."""
 
-    def __init__(self, env: Mapping[str, str], log_path: Path, workers: int = 1) -> None:
+    def __init__(
+        self, env: Mapping[str, str], log_path: Path, workers: int = 1, app: str = "wsgi:app", health: str = "/healthz"
+    ) -> None:
         self.port = free_port()
+        self.health = health
+        self.command = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", app]
         self.log_path = log_path
         self.env = {
             **os.environ,
@@ -44,7 +48,7 @@ class GunicornServer:
     def start(self, timeout: float = 30.0) -> GunicornServer:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
+            self.command,
             cwd=ROOT,
             env=self.env,
             stdout=log,
@@ -55,7 +59,7 @@ class GunicornServer:
             if self.process.poll() is not None:
                 raise RuntimeError(f"gunicorn exited early:\n{self.log()}")
             try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                if httpx.get(f"{self.url}{self.health}", timeout=1).status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass

@@ -1,5 +1,6 @@
 """Layers run one way: api → relay → chat → llm / store. A module imports only from its own layer or below
-(the shared base: config, errors, interrupts). ``service/app.py`` is the composition root that wires them."""
+(the shared base: config, errors, interrupts). ``service/gateway.py`` is the composition root that wires them
+(for ``service/app.py`` and for apps that mount the gateway)."""
 
 from __future__ import annotations
 
@@ -47,14 +48,14 @@ def test_each_layer_imports_only_itself_and_below(layer: str) -> None:
     assert wrong == []
 
 
-def test_nothing_but_the_app_factory_imports_the_views() -> None:
+def test_nothing_but_the_composition_root_imports_the_views() -> None:
     importers = {
         str(path.relative_to(ROOT))
         for path in SERVICE.rglob("*.py")
         if "api" not in path.relative_to(SERVICE).parts[:1]
         and any(layer_of(module) == "api" for module in imported_modules(path))
     }
-    assert importers == {"service/app.py"}
+    assert importers == {"service/gateway.py"}
 
 
 def test_every_package_says_what_it_is_for() -> None:

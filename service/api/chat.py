@@ -9,6 +9,7 @@ from typing import Any
 
 from flask import Blueprint, Response, request
 
+from service.api.errors import attach_error_handlers
 from service.api.request_body import json_body
 from service.auth import current_user
 from service.chat.stream import ChatRequest, ChatStream
@@ -21,6 +22,7 @@ from service.relay.watchdog import Watchdog
 from service.schemas import ChatRequestSchema, ChatResponseSchema, load
 
 bp = Blueprint("chat", __name__, url_prefix="/api/v1/ai")
+attach_error_handlers(bp)
 _schema = ChatRequestSchema()
 _reply = ChatResponseSchema()
 _LAST_EVENT_ID = re.compile(r"^(?P<stream>[0-9a-f]{32}):(?P<sequence>\d{1,9})$")

@@ -7,12 +7,14 @@ from typing import Any
 
 from flask import Blueprint, request
 
+from service.api.errors import attach_error_handlers
 from service.auth import current_user
 from service.errors import NotFound
 from service.extensions import services
 from service.schemas import ConversationDetailSchema, ConversationListSchema, PageQuerySchema, load
 
 bp = Blueprint("conversations", __name__, url_prefix="/api/v1/ai/conversations")
+attach_error_handlers(bp)
 _page = PageQuerySchema()
 _listing = ConversationListSchema()
 _detail = ConversationDetailSchema()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, Response, jsonify
+from flask import Blueprint, Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
 from service.errors import (
@@ -35,24 +35,33 @@ def error_response(error: ServiceError) -> Response:
     return response
 
 
+def attach_error_handlers(bp: Blueprint) -> None:
+    """The error shape for the errors raised in the gateway's own views, wherever it is mounted (a host app's
+    other routes keep their own handlers)."""
+    bp.register_error_handler(ServiceError, error_response)
+    bp.register_error_handler(HTTPException, _http_error)
+    bp.register_error_handler(Exception, _unexpected)
+
+
+def _http_error(error: HTTPException) -> Response:
+    mapped = _HTTP_ERRORS.get(error.code or 500)
+    if mapped is None:
+        generic = ServiceError(error.description or "Request failed.")
+        response = jsonify(
+            {"error": {"code": (error.name or "error").lower().replace(" ", "_"), "message": generic.message}}
+        )
+        response.status_code = error.code or 500
+        return response
+    return error_response(mapped())
+
+
+def _unexpected(error: Exception) -> Response:
+    log.exception("unhandled error")
+    return error_response(ServiceError())
+
+
 def register_error_handlers(app: Flask) -> None:
-    @app.errorhandler(ServiceError)
-    def service_error(error: ServiceError) -> Response:
-        return error_response(error)
-
-    @app.errorhandler(HTTPException)
-    def http_error(error: HTTPException) -> Response:
-        mapped = _HTTP_ERRORS.get(error.code or 500)
-        if mapped is None:
-            generic = ServiceError(error.description or "Request failed.")
-            response = jsonify(
-                {"error": {"code": (error.name or "error").lower().replace(" ", "_"), "message": generic.message}}
-            )
-            response.status_code = error.code or 500
-            return response
-        return error_response(mapped())
-
-    @app.errorhandler(Exception)
-    def unexpected(error: Exception) -> Response:
-        log.exception("unhandled error")
-        return error_response(ServiceError())
+    """The same shape for the whole standalone app: unknown routes and wrong methods too."""
+    app.register_error_handler(ServiceError, error_response)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(Exception, _unexpected)

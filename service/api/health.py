@@ -7,10 +7,12 @@ from typing import Any
 import httpx2
 from flask import Blueprint, Response
 
+from service.api.errors import attach_error_handlers
 from service.extensions import services
 from service.openapi import build_spec
 
 bp = Blueprint("health", __name__)
+attach_error_handlers(bp)
 
 
 @bp.get("/healthz")

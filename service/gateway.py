@@ -1,0 +1,152 @@
+"""The gateway as a Flask extension (flaskr / Flask-Limiter style): ``ChatGateway(app)`` or ``init_app(app)``.
+
+A standalone deployment gets the whole app from ``create_app``, which uses this too. An existing Flask app mounts
+the API under a prefix of its own and names the user its own way:
+
+    gateway = ChatGateway()
+    gateway.init_app(app, url_prefix="/assistant", user_loader=lambda: session.get("user_id"))
+
+``user_loader`` is called once per request and returns the user's id, or None for an anonymous request (401);
+it replaces the gateway's own JWT check. Mounted, the gateway adds its views (chat, conversations, health) and
+handles the errors raised in them; the host's own routes and error handlers are left alone. It needs a server that
+holds many streams at once (gunicorn's gevent worker) and says so loudly when started under any other.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from flask import Flask
+
+from service.api import chat, conversations, health, pages
+from service.api.errors import register_error_handlers
+from service.auth import Authenticator
+from service.chat.context import ContextBuilder
+from service.chat.service import ChatService
+from service.config import Settings, default_database_url
+from service.extensions import KEY, Services
+from service.limits import TokenBudget, build_request_limiter, build_stream_slots
+from service.llm.providers import build_clients
+from service.llm.streaming import StreamingService
+from service.llm.tokens import LocalTokenizer, TokenCounter
+from service.llm.windows import ContextWindows
+from service.metrics import Metrics, upstream_connections_in_use, upstream_pool_size
+from service.relay.mirror import SharedStreams
+from service.relay.registry import CancelRelay, StreamRegistry
+from service.relay.shutdown import end_streams_on_sigterm
+from service.relay.watchdog import Timing
+from service.store.conversations import ConversationStore
+from service.store.database import Database
+
+log = logging.getLogger(__name__)
+UserLoader = Callable[[], "str | None"]
+API_PREFIX = "/api/v1/ai"
+ONE_AT_A_TIME = (
+    "This server is not running the gateway under gevent (gunicorn's gevent worker, `-k gevent`): each open "
+    "stream would hold a whole worker, and streams would be served ONE AT A TIME. Run it with "
+    "`gunicorn -c gunicorn.conf.py wsgi:app`, or with `-k gevent` for an app that mounts it."
+)
+
+
+class ChatGateway:
+    """Binds the gateway to a Flask app; its per-process parts live in ``app.extensions["chat_gateway"]``."""
+
+    def __init__(self, app: Flask | None = None, **options: object) -> None:
+        if app is not None:
+            self.init_app(app, **options)  # type: ignore[arg-type]
+
+    def init_app(
+        self,
+        app: Flask,
+        *,
+        settings: Settings | None = None,
+        url_prefix: str = "",
+        user_loader: UserLoader | None = None,
+        standalone: bool = False,
+    ) -> Services:
+        """Build the gateway's parts and register its views under ``url_prefix``. ``standalone`` also serves the
+        chat page and makes the gateway's error shape the whole app's (``create_app``)."""
+        settings = settings or Settings.from_env()
+        if not settings.database_url:
+            settings = settings.with_overrides({"database_url": default_database_url(app.instance_path)})
+        found = build_services(settings, user_loader)
+        app.extensions[KEY] = found
+        if not _gevent_worker():
+            log.error(ONE_AT_A_TIME)
+        else:
+            end_streams_on_sigterm(found.streams)
+            if found.shared is not None:
+                found.shared.listen_for_cancels(CancelRelay(found.streams))
+        prefix = url_prefix.rstrip("/")
+        app.register_blueprint(chat.bp, url_prefix=prefix + API_PREFIX)
+        app.register_blueprint(conversations.bp, url_prefix=prefix + API_PREFIX + "/conversations")
+        app.register_blueprint(health.bp, url_prefix=prefix or None)
+        if standalone:
+            app.register_blueprint(pages.bp)
+            register_error_handlers(app)
+        build_request_limiter(app, settings, found.auth)
+        return found
+
+
+def build_services(settings: Settings, user_loader: UserLoader | None = None) -> Services:
+    database = Database(settings.database_url)
+    database.create_tables()
+    store = ConversationStore(database)
+    auth = Authenticator(settings, user_loader)
+    if not auth.enabled:
+        log.warning("JWT_SECRET and JWT_PUBLIC_KEY are unset: auth is OFF and every request is one local user.")
+    found = Services(
+        settings=settings,
+        database=database,
+        conversations=store,
+        chat=ChatService(settings, StreamingService(*build_clients(settings)), store, _context_builder(settings)),
+        streams=StreamRegistry(),
+        auth=auth,
+        timing=Timing(
+            settings.heartbeat_seconds,
+            settings.stream_idle_timeout,
+            settings.stream_max_seconds,
+            settings.resume_grace_seconds,
+        ),
+        slots=build_stream_slots(settings),
+        budget=TokenBudget(settings),
+        metrics=Metrics(),
+        shared=SharedStreams(settings.redis_url) if settings.redis_url else None,
+    )
+    _register_gauges(found)
+    return found
+
+
+def _context_builder(settings: Settings) -> ContextBuilder:
+    """The local model is asked for its window and counts its own tokens; providers get estimates."""
+    local = settings.local_model_url
+    windows = ContextWindows(dict(settings.context_windows), settings.context_window, local)
+    counter = TokenCounter(LocalTokenizer(local) if local else None)
+    return ContextBuilder(settings.system_prompt, settings.max_tokens, windows, counter)
+
+
+def _register_gauges(found: Services) -> None:
+    """What a leak would show: each must return to its idle value once streams end."""
+    metrics = found.metrics
+    metrics.add_process_gauges()
+    metrics.gauge("chat_streams_open", "Streams being generated now.", lambda: float(len(found.streams.running())))
+    metrics.gauge("chat_stream_slots_held", "Per-user open-stream slots held.", lambda: float(found.slots.open_count()))
+    metrics.gauge("chat_db_sessions_open", "Database sessions open now.", lambda: float(found.database.active_units))
+    clients = [sdk._client for sdk in found.chat.streaming.clients]
+    metrics.gauge(
+        "chat_upstream_connections_in_use",
+        "Upstream HTTP connections in use.",
+        lambda: sum(upstream_connections_in_use(client) for client in clients),
+    )
+    pooled = "Upstream HTTP connections in the pool, idle keep-alives included."
+    metrics.gauge(
+        "chat_upstream_connections_pooled", pooled, lambda: sum(upstream_pool_size(client) for client in clients)
+    )
+
+
+def _gevent_worker() -> bool:
+    """True inside a gevent-patched process (gunicorn's gevent worker), where the SIGTERM hook belongs."""
+    from gevent import monkey
+
+    return bool(monkey.is_module_patched("socket"))
