@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -49,6 +51,16 @@ def wait_mirrored(stream_id: str, sequence: int, timeout: float = 5.0) -> None:
     raise AssertionError(f"event {sequence} of {stream_id} was never mirrored")
 
 
+@contextmanager
+def started(client: httpx.Client, host: GunicornServer, message: str) -> Iterator[tuple[Iterator[str], str]]:
+    """A stream of 100 ms tokens started on ``host``, once its metadata is mirrored: its lines and its id."""
+    with client.stream("POST", host.url + STREAM, json={"message": f"{message} #delay=0.1"}) as response:
+        lines = response.iter_lines()
+        stream_id = next(line for line in lines if line.startswith("id:")).split()[1].split(":")[0]
+        wait_mirrored(stream_id, 0)
+        yield lines, stream_id
+
+
 def ids_and_types(lines: list[str]) -> list[tuple[str, str]]:
     found, event_id = [], ""
     for line in lines:
@@ -90,13 +102,8 @@ def test_cancel_through_another_host_stops_the_stream(
 ) -> None:
     first, second = hosts
     marker = f"cancel across {uuid.uuid4()}"
-    with (
-        httpx.Client(timeout=30, headers=ALICE) as client,
-        client.stream("POST", first.url + STREAM, json={"message": f"{marker} #tokens=100 #delay=0.1"}) as r,
-    ):
-        lines = r.iter_lines()
-        stream_id = next(line for line in lines if line.startswith("id:")).split()[1].split(":")[0]
-        wait_mirrored(stream_id, 0)
+    with httpx.Client(timeout=30, headers=ALICE) as client, started(client, first, f"{marker} #tokens=100") as opened:
+        lines, stream_id = opened
         assert httpx.delete(f"{second.url}{STREAM}/{stream_id}", headers=ALICE).status_code == 204
         rest = list(lines)
     assert any('"code":"cancelled"' in line for line in rest)
@@ -109,13 +116,8 @@ def test_another_users_stream_is_not_found_on_any_host(
     """Bob cannot read, resume or cancel Alice's running stream, on her host or another; Alice can."""
     first, second = hosts
     marker = f"alice only {uuid.uuid4()}"
-    with (
-        httpx.Client(timeout=30, headers=ALICE) as client,
-        client.stream("POST", first.url + STREAM, json={"message": f"{marker} #tokens=40 #delay=0.1"}) as r,
-    ):
-        lines = r.iter_lines()
-        stream_id = next(line for line in lines if line.startswith("id:")).split()[1].split(":")[0]
-        wait_mirrored(stream_id, 0)
+    with httpx.Client(timeout=30, headers=ALICE) as client, started(client, first, f"{marker} #tokens=40") as opened:
+        _, stream_id = opened
         for host in (first, second):
             resume = {"Last-Event-ID": f"{stream_id}:0", **BOB}
             assert httpx.get(f"{host.url}{STREAM}/{stream_id}", headers=resume, timeout=5).status_code == 404
