@@ -10,7 +10,8 @@ import sys
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from service.env import ConfigError, EnvReader  # the checkout's package, found through the line above
+from service.config import graceful_timeout as graceful_timeout_of  # the checkout's package (the line above)
+from service.env import ConfigError, EnvReader
 
 _env = EnvReader()
 
@@ -28,7 +29,11 @@ workers = _int("WEB_CONCURRENCY", 1, minimum=1)
 worker_class = "gevent"
 worker_connections = _int("GUNICORN_WORKER_CONNECTIONS", 10_000, minimum=1)
 timeout = _int("GUNICORN_TIMEOUT", 30)
-graceful_timeout = _int("GUNICORN_GRACEFUL_TIMEOUT", 30)
+# on SIGTERM running streams go on to their end (the app drains): by default as long as the longest stream may run
+try:
+    graceful_timeout = graceful_timeout_of(_env)
+except ConfigError as error:
+    raise SystemExit(str(error)) from None
 keepalive = _int("GUNICORN_KEEPALIVE", 5)
 backlog = _int("GUNICORN_BACKLOG", 4096, minimum=1)
 loglevel = _env.text("LOG_LEVEL", "info").lower()

@@ -17,6 +17,7 @@ __all__ = ["ConfigError", "Settings", "default_database_url"]
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful, concise assistant. Answer clearly and say so when you are not sure."
 LOCAL_MODEL_NAME = "smollm2-135m-instruct"
+DRAIN_MARGIN = 2.0  # seconds before gunicorn kills what is left: time to send server_shutdown and save
 LOCAL_REPLY_CAP = 512  # the demo model's replies: long enough for an answer, short of a runaway loop
 
 
@@ -47,6 +48,7 @@ class Settings:
     stream_max_seconds: float = 300.0
     heartbeat_seconds: float = 15.0
     resume_grace_seconds: float = 15.0
+    drain_seconds: float = 313.0  # gunicorn's graceful timeout less the margin its own kill needs
     jwt_secret: str | None = None
     jwt_public_key: str | None = None
     jwt_audience: str | None = None
@@ -111,6 +113,7 @@ class Settings:
             stream_max_seconds=reader.number("STREAM_MAX_SECONDS", 300.0),
             heartbeat_seconds=reader.number("HEARTBEAT_SECONDS", 15.0),
             resume_grace_seconds=reader.number("RESUME_GRACE_SECONDS", 15.0, minimum=0.0),
+            drain_seconds=max(0.0, graceful_timeout(reader) - DRAIN_MARGIN),
             jwt_secret=reader.optional("JWT_SECRET"),
             jwt_public_key=reader.optional("JWT_PUBLIC_KEY"),
             jwt_audience=reader.optional("JWT_AUDIENCE"),
@@ -127,3 +130,10 @@ class Settings:
 
 def default_database_url(instance_path: str) -> str:
     return f"sqlite:///{Path(instance_path) / 'chat.sqlite3'}"
+
+
+def graceful_timeout(reader: EnvReader) -> int:
+    """gunicorn's graceful timeout: ``GUNICORN_GRACEFUL_TIMEOUT``, by default long enough for the longest stream
+    (``STREAM_MAX_SECONDS``) to finish while its host drains. gunicorn.conf.py and the settings read it alike."""
+    longest = reader.number("STREAM_MAX_SECONDS", 300.0)
+    return reader.integer("GUNICORN_GRACEFUL_TIMEOUT", int(longest) + 15, minimum=1)

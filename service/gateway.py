@@ -34,7 +34,7 @@ from service.llm.windows import ContextWindows
 from service.metrics import Metrics, upstream_connections_in_use, upstream_pool_size
 from service.relay.mirror import SharedStreams
 from service.relay.registry import CancelRelay, StreamRegistry
-from service.relay.shutdown import end_streams_on_sigterm
+from service.relay.shutdown import drain_on_sigterm
 from service.relay.watchdog import Timing
 from service.store.conversations import ConversationStore
 from service.store.database import Database
@@ -75,7 +75,7 @@ class ChatGateway:
         if not _gevent_worker():
             log.error(ONE_AT_A_TIME)
         else:
-            end_streams_on_sigterm(found.streams)
+            drain_on_sigterm(found.streams, settings.drain_seconds)
             if found.shared is not None:
                 found.shared.listen_for_cancels(CancelRelay(found.streams))
         prefix = url_prefix.rstrip("/")

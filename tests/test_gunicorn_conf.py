@@ -18,7 +18,8 @@ from tests.servers import ROOT
 
 def settings_for(monkeypatch: pytest.MonkeyPatch, **env: str) -> dict[str, object]:
     names = ("GUNICORN_BIND", "WEB_CONCURRENCY", "GUNICORN_WORKER_CONNECTIONS", "GUNICORN_TIMEOUT", "LOG_LEVEL")
-    monkeypatch.delenv("GUNICORN_ACCESS_LOG", raising=False)
+    for name in ("GUNICORN_ACCESS_LOG", "GUNICORN_GRACEFUL_TIMEOUT", "STREAM_MAX_SECONDS"):
+        monkeypatch.delenv(name, raising=False)
     for name in (*names, "GEVENT_RESOLVER", "GEVENT_TRACK_GREENLET_TREE"):
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
@@ -73,6 +74,13 @@ def test_the_access_log_has_a_line_per_request_with_its_status(server_factory: S
     assert '"POST /api/v1/ai/chat/stream HTTP/1.1" 200 ' in lines[0]
     assert '"POST /api/v1/ai/chat/stream HTTP/1.1" 400 ' in lines[1]
     assert re.search(r'" 200 \d+ \d+ms "', lines[0]), lines[0]  # the bytes sent and the stream's duration
+
+
+def test_the_graceful_timeout_covers_the_longest_stream(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A deploy drains: running streams may finish, so gunicorn waits as long as the longest may run."""
+    assert settings_for(monkeypatch)["graceful_timeout"] == 300 + 15
+    assert settings_for(monkeypatch, STREAM_MAX_SECONDS="60")["graceful_timeout"] == 75
+    assert settings_for(monkeypatch, GUNICORN_GRACEFUL_TIMEOUT="40")["graceful_timeout"] == 40
 
 
 def test_a_bad_number_fails_loudly(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,7 +1,14 @@
-"""What a worker does with its running streams when gunicorn shuts it down (SIGTERM)."""
+"""What a worker does with its running streams when gunicorn shuts it down gracefully (SIGTERM): it drains.
+
+gunicorn's gevent worker stops accepting at once (a load balancer sends new streams to the other hosts) and lets
+running requests finish within its graceful timeout, then kills what is left. So the streams simply go on to their
+natural end; only those still running when the drain time is up (a little before gunicorn's kill) end with
+``server_shutdown``, retryable, their partial replies saved.
+"""
 
 from __future__ import annotations
 
+import logging
 import signal
 from typing import Any
 
@@ -10,15 +17,16 @@ import gevent
 from service.errors import ServerShutdown
 from service.relay.registry import StreamRegistry
 
+log = logging.getLogger(__name__)
 
-def end_streams_on_sigterm(registry: StreamRegistry) -> None:
-    """On SIGTERM (gunicorn's graceful shutdown), end every running stream at once with ``server_shutdown``
-    and its partial reply saved, so clients resume elsewhere instead of waiting out the graceful timeout.
-    gunicorn's own handler still runs afterwards."""
+
+def drain_on_sigterm(registry: StreamRegistry, drain_seconds: float) -> None:
+    """Install the hook; gunicorn's own SIGTERM handler still runs after it."""
     previous = signal.getsignal(signal.SIGTERM)
 
     def on_sigterm(signum: int, frame: Any) -> None:
-        gevent.spawn(_end_all, registry)
+        log.info("draining: %d streams may run %g s more", len(registry.running()), drain_seconds)
+        gevent.spawn_later(drain_seconds, _end_all, registry)
         if callable(previous):
             previous(signum, frame)
 
@@ -26,5 +34,8 @@ def end_streams_on_sigterm(registry: StreamRegistry) -> None:
 
 
 def _end_all(registry: StreamRegistry) -> None:
-    for live in registry.running():
+    running = registry.running()
+    if running:
+        log.warning("drain time is up: ending %d streams with server_shutdown", len(running))
+    for live in running:
         live.stop(ServerShutdown())
