@@ -9,17 +9,13 @@ while one writes.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event, make_url
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
-
-from service.store.models import Base
 
 T = TypeVar("T")
 H = TypeVar("H")
@@ -67,16 +63,11 @@ class Database:
         self.active_units = 0  # sessions open right now: the leak test's gauge
 
     def create_tables(self) -> None:
-        """Create missing tables. Several workers start at once: a worker that loses the race to create a
-        table sees "already exists" and simply checks again."""
-        for attempt in range(3):
-            try:
-                self.run(lambda: Base.metadata.create_all(self.engine))
-                return
-            except DBAPIError:
-                if attempt == 2:
-                    raise
-                time.sleep(0.2 * (attempt + 1))
+        """Bring the schema to the newest migration (``service.store.migrate``); many workers may call this at
+        once, and they take turns."""
+        from service.store.migrate import upgrade
+
+        self.run(lambda: upgrade(self.engine))
 
     def run(self, work: Callable[[], T]) -> T:
         """Run ``work`` (blocking DB code) without stalling the hub."""
