@@ -5,7 +5,7 @@ WORKDIR /app
 COPY requirements.txt .
 RUN pip install --no-cache-dir -r requirements.txt
 COPY service ./service
-COPY wsgi.py gunicorn.conf.py ./
+COPY wsgi.py gunicorn.conf.py alembic.ini ./
 RUN useradd --create-home --uid 10001 app && mkdir -p /app/instance && chown app /app/instance
 USER app
 EXPOSE 8000
