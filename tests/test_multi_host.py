@@ -128,3 +128,39 @@ def test_another_users_stream_is_not_found_on_any_host(
         ) as own:
             assert own.status_code == 200
         assert httpx.get(f"{second.url}{STREAM}/{uuid.uuid4().hex}", headers=ALICE).status_code == 404
+
+
+def test_another_host_serves_a_resume_while_the_owner_drains(
+    server_factory: ServerFactory, upstream: FakeUpstream
+) -> None:
+    """The owner is told to stop mid-stream: it drains (the stream goes on to its end) and a reader on another
+    host gets the replay and then the live tail from the mirror, each batch within ~100 ms of the upstream."""
+    env = {
+        "REDIS_URL": REDIS_URL,
+        "DATABASE_URL": POSTGRES_URL,
+        "JWT_SECRET": SECRET,
+        "GUNICORN_GRACEFUL_TIMEOUT": "30",
+    }
+    owner, other = server_factory(**env), server_factory(**env)
+    marker = f"drain resume {uuid.uuid4()}"
+    with httpx.Client(timeout=30, headers=ALICE) as client, started(client, owner, f"{marker} #tokens=30") as opened:
+        _, stream_id = opened
+        assert owner.process is not None
+        owner.process.send_signal(15)
+        with client.stream(
+            "GET", f"{other.url}{STREAM}/{stream_id}", headers={"Last-Event-ID": f"{stream_id}:0"}
+        ) as resumed:
+            received = []
+            for line in resumed.iter_lines():
+                if line.startswith("data:") and '"type":"token"' in line:
+                    received.append(time.monotonic())
+                if '"type":"done"' in line:
+                    break
+            else:
+                raise AssertionError("the resume on the other host never got the done event")
+    sent = upstream.connection_for(marker).sent_at
+    assert len(sent) == 30 and len(received) == 30
+    live = [(got - left) for got, left in zip(received, sent, strict=True)][5:]  # past the replayed head
+    assert max(live) < 0.2, live
+    assert sorted(live)[len(live) // 2] < 0.12, live
+    owner.process.wait(30)
