@@ -32,6 +32,7 @@ from service.llm.streaming import StreamingService
 from service.llm.tokens import LocalTokenizer, TokenCounter
 from service.llm.windows import ContextWindows
 from service.metrics import Metrics, upstream_connections_in_use, upstream_pool_size
+from service.relay.leases import LeaseKeeper
 from service.relay.mirror import SharedStreams
 from service.relay.registry import CancelRelay, StreamRegistry
 from service.relay.shutdown import drain_on_sigterm
@@ -78,6 +79,7 @@ class ChatGateway:
             drain_on_sigterm(found.streams, settings.drain_seconds)
             if found.shared is not None:
                 found.shared.listen_for_cancels(CancelRelay(found.streams))
+                LeaseKeeper(found.shared.client, found.streams, found.conversations).start()
         prefix = url_prefix.rstrip("/")
         app.register_blueprint(chat.bp, url_prefix=prefix + API_PREFIX)
         app.register_blueprint(conversations.bp, url_prefix=prefix + API_PREFIX + "/conversations")

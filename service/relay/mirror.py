@@ -3,13 +3,16 @@
 The host that runs a stream mirrors its framed batches into a Redis stream (``XADD``), flushed at most every
 ``FLUSH_SECONDS`` — never a Redis call per token. Another host answers ``GET /stream/<id>`` with
 ``Last-Event-ID`` from there (``XRANGE`` then ``XREAD BLOCK``), and ``DELETE`` publishes a cancel that the
-running host acts on. Keys expire ``RETENTION_SECONDS`` after the stream's last write.
+running host acts on. Keys expire ``RETENTION_SECONDS`` after the stream's last write. Beside the batches, the
+turn itself (who asked what, in which conversation) is kept under ``<key>:turn``, so that another host can save the
+partial reply if the running host dies (``service.relay.leases``).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import gevent
@@ -19,10 +22,12 @@ from service.relay.sse import PING, retry_field
 
 log = logging.getLogger(__name__)
 FLUSH_SECONDS = 0.1
+LEASE_SECONDS = 5.0  # a running stream's lease; its host renews it every second
 RETENTION_SECONDS = 300
 BLOCK_MS = 15_000
 PREFIX = "chat-gateway:stream:"
 CANCEL_CHANNEL = "chat-gateway:cancel"
+LEASES = "chat-gateway:leases"  # stream id -> when its host's lease runs out (epoch seconds)
 
 
 def split_after(first: int, data: bytes, after: int) -> bytes:
@@ -36,12 +41,19 @@ def split_after(first: int, data: bytes, after: int) -> bytes:
 class StreamMirror:
     """One stream's writer: batches collect in memory and go to Redis in one ``XADD`` per flush."""
 
-    def __init__(self, client: Any, stream_id: str, user_id: str) -> None:
+    def __init__(self, client: Any, stream_id: str, user_id: str, turn: Mapping[str, str] | None = None) -> None:
         self.client = client
+        self.stream_id = stream_id
         self.key = PREFIX + stream_id
         self.pending: list[tuple[int, bytes]] = []
         self.flusher: gevent.Greenlet[[], None] | None = None
-        client.set(self.key + ":owner", user_id, ex=RETENTION_SECONDS)
+        pipe = client.pipeline(transaction=False)
+        pipe.set(self.key + ":owner", user_id, ex=RETENTION_SECONDS)
+        if turn:
+            pipe.hset(self.key + ":turn", mapping=dict(turn))
+            pipe.expire(self.key + ":turn", RETENTION_SECONDS)
+            pipe.zadd(LEASES, {stream_id: time.time() + LEASE_SECONDS})
+        pipe.execute()
 
     def publish(self, first: int, data: bytes) -> None:
         self.pending.append((first, data))
@@ -58,6 +70,7 @@ class StreamMirror:
             pipe.xadd(self.key, {"first": pending[0][0], "data": b"".join(data for _, data in pending)})
         if end:
             pipe.xadd(self.key, {"end": 1})
+            pipe.zrem(LEASES, self.stream_id)
         pipe.expire(self.key, RETENTION_SECONDS)
         pipe.expire(self.key + ":owner", RETENTION_SECONDS)
         try:
@@ -76,8 +89,8 @@ class SharedStreams:
     def __init__(self, url: str) -> None:
         self.client: Any = redis.Redis.from_url(url)  # redis-py's own types are too loose to check replies
 
-    def mirror(self, stream_id: str, user_id: str) -> StreamMirror:
-        return StreamMirror(self.client, stream_id, user_id)
+    def mirror(self, stream_id: str, user_id: str, turn: Mapping[str, str] | None = None) -> StreamMirror:
+        return StreamMirror(self.client, stream_id, user_id, turn)
 
     def owned_by(self, stream_id: str, user_id: str) -> bool:
         owner = self.client.get(PREFIX + stream_id + ":owner")

@@ -1,0 +1,123 @@
+"""A host that dies loses nothing that was generated: leases on running streams, and their recovery elsewhere.
+
+Every mirrored stream holds a lease in Redis (a sorted set of stream ids by expiry). Each worker renews the leases
+of its own running streams once a second, all in one pipeline (no per-token work), and looks for leases that ran
+out: their host is gone without ending them. The first worker to remove an expired lease (``ZREM`` answers 1 to
+exactly one caller) recovers that stream: it saves the reply the mirror holds as ``incomplete`` and ends the
+stream for its readers with a retryable ``server_shutdown``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from typing import Any
+
+import gevent
+import orjson
+import redis
+
+from service.chat.events import Error
+from service.errors import ServerShutdown
+from service.relay.mirror import LEASE_SECONDS, LEASES, PREFIX, RETENTION_SECONDS
+from service.relay.registry import StreamRegistry
+from service.relay.sse import encode_event, event_prefix
+from service.store.conversations import ConversationStore, ExchangeRecord
+
+log = logging.getLogger(__name__)
+RENEW_SECONDS = 1.0
+_EVENT = re.compile(rb"id: [0-9a-f]+:(\d+)\ndata: (.*)\n")
+HOST_LOST = "The server running this reply stopped; the reply so far is saved. Send the message again to go on."
+
+
+def turn_of(conversation_id: str, user_id: str, message: str, message_id: str, model: str, new: bool) -> dict[str, str]:
+    """What another host needs to save a stream's reply: kept beside its mirror."""
+    return {
+        "conversation_id": conversation_id,
+        "user_id": user_id,
+        "message": message,
+        "message_id": message_id,
+        "model": model,
+        "new": "1" if new else "0",
+    }
+
+
+class LeaseKeeper:
+    """One greenlet per worker: renews this worker's leases and recovers streams whose host is gone."""
+
+    def __init__(self, client: Any, registry: StreamRegistry, store: ConversationStore) -> None:
+        self.client = client
+        self.registry = registry
+        self.store = store
+
+    def start(self) -> gevent.Greenlet[[], None]:
+        return gevent.spawn(self._loop)
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                self.renew()
+                self.reap()
+            except redis.RedisError:
+                log.warning("stream leases: Redis is unavailable", exc_info=True)
+            gevent.sleep(RENEW_SECONDS)
+
+    def renew(self) -> None:
+        mirrored = [live.stream_id for live in self.registry.running() if live.mirror is not None]
+        if mirrored:
+            expiry = time.time() + LEASE_SECONDS
+            self.client.zadd(LEASES, dict.fromkeys(mirrored, expiry), xx=True)  # only leases not ended meanwhile
+
+    def reap(self) -> None:
+        for raw in self.client.zrangebyscore(LEASES, "-inf", time.time()):
+            stream_id = raw.decode()
+            if self.client.zrem(LEASES, stream_id) == 1:  # exactly one host wins each expired lease
+                recover(self.client, self.store, stream_id)
+
+
+def recover(client: Any, store: ConversationStore, stream_id: str) -> None:
+    """Save what the mirror holds of a stream whose host died, and end it for its readers."""
+    key = PREFIX + stream_id
+    turn = {name.decode(): value.decode() for name, value in client.hgetall(key + ":turn").items()}
+    entries = client.xrange(key)
+    if not turn or any(b"end" in fields for _, fields in entries):
+        return
+    texts: list[str] = []
+    last = 0
+    for _, fields in entries:
+        for sequence, data in _EVENT.findall(fields.get(b"data", b"")):
+            last = max(last, int(sequence))
+            event = orjson.loads(data)
+            if event.get("type") == "token":
+                texts.append(str(event.get("content", "")))
+    reply = "".join(texts)
+    log.warning("stream %s lost its host; saving the %d tokens its mirror holds", stream_id, len(texts))
+    try:
+        _save(store, turn, reply, len(texts))
+    except Exception:  # the dying host saved it after all (the reply's id is taken): nothing is lost
+        log.exception("could not save the reply of stream %s", stream_id)
+    final = Error(ServerShutdown.code, HOST_LOST, True)
+    pipe = client.pipeline(transaction=False)
+    pipe.xadd(key, {"first": last + 1, "data": encode_event(event_prefix(stream_id), last + 1, final)})
+    pipe.xadd(key, {"end": 1})
+    pipe.expire(key, RETENTION_SECONDS)
+    pipe.execute()
+
+
+def _save(store: ConversationStore, turn: dict[str, str], reply: str, tokens: int) -> None:
+    store.save_exchange(
+        ExchangeRecord(
+            conversation_id=turn["conversation_id"],
+            user_id=turn["user_id"],
+            user_message=turn["message"],
+            reply=reply,
+            reply_id=turn["message_id"],
+            status="incomplete",
+            model=turn["model"],
+            finish_reason=None,
+            prompt_tokens=None,
+            completion_tokens=tokens,
+            new_conversation=turn["new"] == "1",
+        )
+    )
