@@ -3,6 +3,7 @@ tokens are not held back, and a rolling restart of both hosts during 50 streams 
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import signal
@@ -144,7 +145,8 @@ def test_a_rolling_restart_of_both_hosts_during_50_streams_loses_nothing(
     with engine.connect() as connection:
         saved = connection.execute(
             text(
-                "SELECT c.title, count(m.id), min(m.status) FROM conversations c JOIN messages m "
+                # max(): "incomplete" sorts after "complete", so one cut message shows
+                "SELECT c.title, count(m.id), max(m.status) FROM conversations c JOIN messages m "
                 "ON m.conversation_id = c.id WHERE c.title LIKE :pattern GROUP BY c.id, c.title"
             ),
             {"pattern": f"rolling {run} %"},
@@ -152,3 +154,68 @@ def test_a_rolling_restart_of_both_hosts_during_50_streams_loses_nothing(
     engine.dispose()
     assert len(saved) == 52  # each conversation once
     assert all(count == 2 and status == "complete" for _, count, status in saved)
+
+
+def test_a_host_killed_behind_nginx_loses_nothing_generated(
+    hosts_behind_nginx: tuple[Nginx, list[GunicornServer]],
+) -> None:
+    """Four streams spread over both hosts; one host is killed outright (no drain). Its streams are saved from the
+    mirror by the other host, the survivor's finish, and new streams through nginx go on working."""
+    proxy, hosts = hosts_behind_nginx
+    run = uuid.uuid4().hex[:8]
+    ends: dict[str, str] = {}
+    started = threading.Barrier(5, timeout=30)
+
+    def stream(name: str) -> None:
+        body = {"message": f"killed {run} {name} #tokens=60 #delay=0.1"}
+        with (
+            httpx.Client(timeout=60) as client,
+            client.stream("POST", f"{proxy.url}/api/v1/ai/chat/stream", json=body) as response,
+        ):
+            kind = "cut"
+            try:
+                for event in read_events(response):
+                    if event.type == "metadata":
+                        started.wait()
+                    kind = event.type
+            except httpx.HTTPError:
+                kind = "cut"
+            ends[name] = kind
+
+    threads = [threading.Thread(target=stream, args=(f"s{index}",)) for index in range(4)]
+    for thread in threads:
+        thread.start()
+    started.wait()
+    time.sleep(1.0)
+    doomed = hosts[0]
+    assert doomed.process is not None
+    for pid in doomed.worker_pids():
+        os.kill(pid, signal.SIGKILL)
+    doomed.process.kill()
+    doomed.process.wait(10)
+    for thread in threads:
+        thread.join(60)
+    after = httpx.post(f"{proxy.url}/api/v1/ai/chat/stream", json={"message": f"killed {run} after #tokens=3"})
+    assert after.status_code == 200 and '"type":"done"' in after.text
+
+    assert sorted(ends.values()) == ["cut", "cut", "done", "done"], ends  # two on each host
+    engine = create_engine(POSTGRES)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        with engine.connect() as connection:
+            saved = connection.execute(
+                text(
+                    # max(): "incomplete" sorts after "complete", so one cut message shows
+                    "SELECT c.title, count(m.id), max(m.status) FROM conversations c JOIN messages m "
+                    "ON m.conversation_id = c.id WHERE c.title LIKE :pattern AND c.title NOT LIKE '%after%' "
+                    "GROUP BY c.id, c.title"
+                ),
+                {"pattern": f"killed {run} %"},
+            ).all()
+        if len(saved) == 4:
+            break
+        time.sleep(0.2)
+    engine.dispose()
+    assert len(saved) == 4, saved  # each once, the killed host's two saved by the survivor
+    assert sorted(status for _, _, status in saved) == ["complete", "complete", "incomplete", "incomplete"]
+    assert all(count == 2 for _, count, _ in saved)
