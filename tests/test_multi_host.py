@@ -164,3 +164,25 @@ def test_another_host_serves_a_resume_while_the_owner_drains(
     assert max(live) < 0.2, live
     assert sorted(live)[len(live) // 2] < 0.12, live
     owner.process.wait(30)
+
+
+def test_a_reader_on_another_host_holds_a_dropped_streams_grace_open(
+    server_factory: ServerFactory, upstream: FakeUpstream
+) -> None:
+    """The client drops from the owner and comes back through another host: that reader keeps the stream going
+    past the owner's resume grace, to its end."""
+    env = {"REDIS_URL": REDIS_URL, "DATABASE_URL": POSTGRES_URL, "JWT_SECRET": SECRET}
+    env.update({"RESUME_GRACE_SECONDS": "1.5", "HEARTBEAT_SECONDS": "1"})
+    owner, other = server_factory(**env), server_factory(**env)
+    marker = f"elsewhere {uuid.uuid4()}"
+    with httpx.Client(timeout=30, headers=ALICE) as client:
+        with started(client, owner, f"{marker} #tokens=50") as opened:
+            _, stream_id = opened
+        # the owner's connection is closed: the client dropped; it comes back through the other host
+        with client.stream(
+            "GET", f"{other.url}{STREAM}/{stream_id}", headers={"Last-Event-ID": f"{stream_id}:0"}
+        ) as resumed:
+            kinds = [kind for _, kind in ids_and_types(list(resumed.iter_lines()))]
+    assert kinds[-1] == "done", kinds[-3:]
+    assert kinds.count("token") == 50
+    assert upstream.connection_for(marker).completed

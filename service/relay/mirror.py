@@ -25,6 +25,7 @@ FLUSH_SECONDS = 0.1
 LEASE_SECONDS = 5.0  # a running stream's lease; its host renews it every second
 RETENTION_SECONDS = 300
 BLOCK_MS = 15_000
+READER_MARGIN_MS = 5_000
 PREFIX = "chat-gateway:stream:"
 CANCEL_CHANNEL = "chat-gateway:cancel"
 LEASES = "chat-gateway:leases"  # stream id -> when its host's lease runs out (epoch seconds)
@@ -78,6 +79,13 @@ class StreamMirror:
         except redis.RedisError:
             log.exception("could not mirror stream %s to Redis", self.key)
 
+    def read_elsewhere(self) -> bool:
+        """True while a reader on another host follows this stream (it refreshes ``<key>:reader``)."""
+        try:
+            return bool(self.client.exists(self.key + ":reader"))
+        except redis.RedisError:
+            return False
+
     def close(self) -> None:
         """The stream ended: write what is left and the end mark."""
         if self.flusher is not None:
@@ -103,6 +111,8 @@ class SharedStreams:
         last_id = "0-0"
         block = int(min(heartbeat * 1000, BLOCK_MS))
         while True:
+            # tells the running host that a reader is here, so a dropped client's resume grace is not run out
+            self.client.set(key + ":reader", 1, px=block + READER_MARGIN_MS)
             found = self.client.xread({key: last_id}, block=block, count=100)
             if not found:
                 if not self.client.exists(key):

@@ -100,12 +100,28 @@ class Watchdog:
         elif now - self.started >= timing.max_seconds:
             live.stop(IdleTimeout(f"The reply took longer than the {timing.max_seconds:g} s limit."))
         elif live.unread_since is not None and now - live.unread_since >= timing.resume_grace:
-            grace = timing.resume_grace
-            if live.stop(Cancelled(f"The client left and did not come back within {grace:g} s.")):
-                log.info("stream %s stopped: no reader came back within %g s", live.stream_id, grace)
+            if live.mirror is not None:  # a reader may have come back through another host: ask Redis first
+                live.unread_since = None  # not asked again until the answer is in
+                gevent.spawn(self._end_unless_read_elsewhere)
+            else:
+                self._end_unread()
         elif now - live.last_write_at >= timing.heartbeat:
             live.ping()
         self._arm()
+
+    def _end_unread(self) -> None:
+        grace = self.timing.resume_grace
+        if self.live.stop(Cancelled(f"The client left and did not come back within {grace:g} s.")):
+            log.info("stream %s stopped: no reader came back within %g s", self.live.stream_id, grace)
+
+    def _end_unless_read_elsewhere(self) -> None:
+        """In its own greenlet (the timer's callback runs in the hub, which must not wait on Redis)."""
+        mirror = self.live.mirror
+        if mirror is not None and mirror.read_elsewhere():
+            self.live.unread_since = time.monotonic()  # look again after another grace
+            self._arm()
+        elif not self.live.done:
+            self._end_unread()
 
     def _on_readable(self) -> None:
         if self.client is None:
