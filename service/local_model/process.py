@@ -1,13 +1,16 @@
-"""Process helpers for a child that must not outlive its parent: death signal, a free port, a process group."""
+"""Process helpers for a child that must not outlive its parent: death signal, a free port, its process group,
+its health check."""
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
 import ctypes.util
+import http.client
 import os
 import signal
 import socket
+import subprocess
 import sys
 from collections.abc import Callable
 
@@ -62,3 +65,29 @@ def free_port(host: str) -> int:
 def signal_group(pgid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, sig)
+
+
+def terminate(proc: subprocess.Popen[bytes], timeout: float) -> None:
+    """SIGTERM the child's process group, SIGKILL it after ``timeout`` seconds."""
+    # The child leads its own group (start_new_session), so pgid == pid. Once
+    # it is reaped the pgid may be reused: only signal a child still running.
+    if proc.poll() is not None:
+        return
+    signal_group(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        signal_group(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def answers_health(host: str, port: int, timeout: float = 2.0) -> bool:
+    """``GET /health`` answers 200 (llama-server answers 503 while the model loads)."""
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        conn.request("GET", "/health")
+        return conn.getresponse().status == 200
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        conn.close()

