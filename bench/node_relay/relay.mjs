@@ -1,4 +1,4 @@
-// The benchmark's reference point (issue 4): a Node relay written the way its users would write one, with
+// The benchmark's reference point: a Node relay written the way its users would write one, with
 // node:http, the official openai package and the same events and path as the service. Not part of the product.
 // Run: node bench/node_relay/relay.mjs PORT   (OPENAI_BASE_URL, OPENAI_API_KEY and CHAT_MODEL from the environment)
 import { randomUUID } from "node:crypto";
