@@ -16,7 +16,6 @@ from service.chat.stream import ChatRequest, ChatStream
 from service.errors import Cancelled, InvalidRequest, NotFound, RateLimited
 from service.extensions import Services, services
 from service.metrics import Metrics
-from service.relay.leases import turn_of
 from service.relay.live import LiveStream
 from service.relay.sse import STREAM_HEADERS
 from service.relay.watchdog import Watchdog
@@ -87,12 +86,7 @@ def chat_stream() -> Response:
     found = services()
     user_id = current_user(found.auth)
     chat = _open(found, user_id)
-    mirror = None
-    if found.shared is not None:
-        meta = chat.metadata
-        new = chat.request.conversation_id is None
-        turn = turn_of(meta.conversation_id, user_id, chat.request.message, meta.message_id, meta.model, new)
-        mirror = found.shared.mirror(meta.stream_id, user_id, turn)
+    mirror = found.shared.mirror(chat) if found.shared else None
     live = LiveStream(chat, mirror, found.timing.resume_grace)  # runs in this greenlet, as gunicorn iterates it
     found.streams.add(live)
     watchdog = Watchdog(live, found.timing, request.environ.get("gunicorn.socket"))

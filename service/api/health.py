@@ -9,6 +9,7 @@ from flask import Blueprint, Response
 
 from service.api.errors import attach_error_handlers
 from service.extensions import services
+from service.llm.providers import server_root
 from service.openapi import build_spec
 
 bp = Blueprint("health", __name__)
@@ -23,7 +24,7 @@ def healthz() -> dict[str, str]:
 def _local_model_healthy(base_url: str) -> bool:
     """llama-server's own ``/health`` (at the root, not under ``/v1``)."""
     try:
-        return httpx2.get(base_url.removesuffix("/v1") + "/health", timeout=2).status_code == 200
+        return httpx2.get(server_root(base_url) + "/health", timeout=2).status_code == 200
     except httpx2.HTTPError:
         return False
 

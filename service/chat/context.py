@@ -23,7 +23,7 @@ class Context:
     messages: list[dict[str, str]]
     omitted: int  # earlier messages of the conversation left out to fit the window
     prompt_tokens: int  # the estimate (an upper bound where no tokenizer counted), for usage when none is sent
-    window: int
+    kept: int  # history messages sent
 
 
 class ContextBuilder:
@@ -36,6 +36,10 @@ class ContextBuilder:
         self.max_tokens = max_tokens
         self.windows = windows
         self.counter = counter
+
+    def learn(self, model: str, window: int) -> None:
+        """The provider named its window in a refusal: fit to that from now on."""
+        self.windows.learn(model, window)
 
     def reserve(self, window: int) -> int:
         return self.max_tokens or min(MAX_DEFAULT_RESERVE, window // 4)
@@ -58,7 +62,7 @@ class ContextBuilder:
         everything = [*head, *({"role": role, "content": content} for role, content in history), tail]
         bound = sum(upper_bound(item["content"]) + MESSAGE_FRAMING for item in everything)
         if bound <= budget:  # fits even if every byte were a token: no counting needed
-            return Context(everything, available - len(history), _rough(everything), window)
+            return Context(everything, available - len(history), _rough(everything), len(history))
         count = self.counter.count
         used = sum(count(item["content"]) + MESSAGE_FRAMING for item in required)
         if used > budget:
@@ -73,12 +77,10 @@ class ContextBuilder:
                 break
             used += cost
             costs.append(cost)
-        kept_history = history[len(history) - len(costs) :] if costs else []
-        while kept_history and kept_history[0][0] != "user":  # a history starts with the user's turn
-            kept_history = kept_history[1:]
-            used -= costs.pop()
+        kept_history = _from_a_user_turn(history[len(history) - len(costs) :] if costs else [])
+        used -= sum(costs[len(kept_history) :])  # the oldest, left out to start with the user's turn
         messages = [*head, *({"role": role, "content": content} for role, content in kept_history), tail]
-        return Context(messages, available - len(kept_history), used, window)
+        return Context(messages, available - len(kept_history), used, len(kept_history))
 
 
 def _from_a_user_turn(history: list[tuple[str, str]]) -> list[tuple[str, str]]:

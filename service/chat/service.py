@@ -22,8 +22,6 @@ from service.store.conversations import ConversationStore
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ChatRequest", "ChatResult", "ChatService", "ChatStream"]
-
 
 @dataclass(frozen=True)
 class ChatResult:
@@ -81,12 +79,11 @@ class ChatService:
             return context, self.streaming.open(CompletionRequest(model, context.messages, self.settings.max_tokens))
         except ContextTooLong as refused:
             if refused.window:
-                self.context.windows.learn(model, refused.window)
-            kept = len(context.messages) - (2 if self.settings.system_prompt else 1)
-            if kept == 0 and not refused.window:
+                self.context.learn(model, refused.window)
+            if context.kept == 0 and not refused.window:
                 raise ContextTooLong() from None
-            log.info("model %s refused %d history messages as too long; retrying with fewer", model, kept)
-        context = self.context.build(model, history, message, keep_at_most=kept // 2)
+            log.info("model %s refused %d history messages as too long; retrying with fewer", model, context.kept)
+        context = self.context.build(model, history, message, keep_at_most=context.kept // 2)
         return context, self.streaming.open(CompletionRequest(model, context.messages, self.settings.max_tokens))
 
     def chat(self, stream: ChatStream) -> ChatResult:

@@ -20,6 +20,11 @@ MAX_UPSTREAM_CONNECTIONS = 10_000
 POOLS = 16  # SDK clients (connection pools) per worker; see StreamingService
 
 
+def server_root(base_url: str) -> str:
+    """An OpenAI-compatible base URL without its ``/v1``: where llama-server keeps its own endpoints."""
+    return base_url.rstrip("/").removesuffix("/v1")
+
+
 def build_http_client(settings: Settings) -> httpx2.Client:
     return httpx2.Client(
         limits=httpx2.Limits(max_connections=MAX_UPSTREAM_CONNECTIONS, max_keepalive_connections=1_000),

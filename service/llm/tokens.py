@@ -15,6 +15,8 @@ from collections.abc import Callable
 
 import httpx2
 
+from service.llm.providers import server_root
+
 log = logging.getLogger(__name__)
 
 MESSAGE_FRAMING = 8  # the chat template's tokens around one message (role markers, separators), rounded up
@@ -63,7 +65,7 @@ class LocalTokenizer:
     """llama-server's own ``POST /tokenize``: the exact count for the local model, with no download."""
 
     def __init__(self, base_url: str, timeout: float = 2.0) -> None:
-        self.url = base_url.rstrip("/").removesuffix("/v1") + "/tokenize"
+        self.url = server_root(base_url) + "/tokenize"
         self.http = httpx2.Client(timeout=timeout)
 
     def __call__(self, text: str) -> int | None:

@@ -8,10 +8,13 @@ anyway is answered by dropping more history (``ChatService``), so an unknown mod
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Mapping
 
 import httpx2
+
+from service.llm.providers import server_root
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +75,7 @@ class ContextWindows:
         return self._local or FALLBACK_WINDOW
 
 
+@functools.cache
 def known_window(model: str) -> int:
     for prefix in _BY_LENGTH:
         if model.startswith(prefix):
@@ -81,7 +85,7 @@ def known_window(model: str) -> int:
 
 def read_local_window(base_url: str) -> int | None:
     """``n_ctx`` of llama-server's ``GET /props`` (the root, not ``/v1``); None if it does not answer."""
-    root = base_url.rstrip("/").removesuffix("/v1")
+    root = server_root(base_url)
     try:
         response = httpx2.get(f"{root}/props", timeout=2.0)
         response.raise_for_status()

@@ -31,18 +31,6 @@ _EVENT = re.compile(rb"id: [0-9a-f]+:(\d+)\ndata: (.*)\n")
 HOST_LOST = "The server running this reply stopped; the reply so far is saved. Send the message again to go on."
 
 
-def turn_of(conversation_id: str, user_id: str, message: str, message_id: str, model: str, new: bool) -> dict[str, str]:
-    """What another host needs to save a stream's reply: kept beside its mirror."""
-    return {
-        "conversation_id": conversation_id,
-        "user_id": user_id,
-        "message": message,
-        "message_id": message_id,
-        "model": model,
-        "new": "1" if new else "0",
-    }
-
-
 class LeaseKeeper:
     """One greenlet per worker: renews this worker's leases and recovers streams whose host is gone."""
 

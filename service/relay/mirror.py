@@ -18,6 +18,7 @@ from typing import Any
 import gevent
 import redis
 
+from service.chat.stream import ChatStream
 from service.relay.sse import PING, retry_field
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,19 @@ CANCEL_CHANNEL = "chat-gateway:cancel"
 LEASES = "chat-gateway:leases"  # stream id -> when its host's lease runs out (epoch seconds)
 
 
+def turn_of(chat: ChatStream) -> dict[str, str]:
+    """What another host needs to save a stream's reply if this one dies (``service.relay.leases``)."""
+    metadata = chat.metadata
+    return {
+        "conversation_id": metadata.conversation_id,
+        "user_id": chat.request.user_id,
+        "message": chat.request.message,
+        "message_id": metadata.message_id,
+        "model": metadata.model,
+        "new": "0" if chat.request.conversation_id else "1",
+    }
+
+
 def split_after(first: int, data: bytes, after: int) -> bytes:
     """The events of one framed batch (numbered from ``first``) whose number is above ``after``."""
     if first > after:
@@ -42,7 +56,7 @@ def split_after(first: int, data: bytes, after: int) -> bytes:
 class StreamMirror:
     """One stream's writer: batches collect in memory and go to Redis in one ``XADD`` per flush."""
 
-    def __init__(self, client: Any, stream_id: str, user_id: str, turn: Mapping[str, str] | None = None) -> None:
+    def __init__(self, client: Any, stream_id: str, user_id: str, turn: Mapping[str, str]) -> None:
         self.client = client
         self.stream_id = stream_id
         self.key = PREFIX + stream_id
@@ -50,10 +64,9 @@ class StreamMirror:
         self.flusher: gevent.Greenlet[[], None] | None = None
         pipe = client.pipeline(transaction=False)
         pipe.set(self.key + ":owner", user_id, ex=RETENTION_SECONDS)
-        if turn:
-            pipe.hset(self.key + ":turn", mapping=dict(turn))
-            pipe.expire(self.key + ":turn", RETENTION_SECONDS)
-            pipe.zadd(LEASES, {stream_id: time.time() + LEASE_SECONDS})
+        pipe.hset(self.key + ":turn", mapping=dict(turn))
+        pipe.expire(self.key + ":turn", RETENTION_SECONDS)
+        pipe.zadd(LEASES, {stream_id: time.time() + LEASE_SECONDS})
         pipe.execute()
 
     def publish(self, first: int, data: bytes) -> None:
@@ -97,8 +110,8 @@ class SharedStreams:
     def __init__(self, url: str) -> None:
         self.client: Any = redis.Redis.from_url(url)  # redis-py's own types are too loose to check replies
 
-    def mirror(self, stream_id: str, user_id: str, turn: Mapping[str, str] | None = None) -> StreamMirror:
-        return StreamMirror(self.client, stream_id, user_id, turn)
+    def mirror(self, chat: ChatStream) -> StreamMirror:
+        return StreamMirror(self.client, chat.metadata.stream_id, chat.request.user_id, turn_of(chat))
 
     def owned_by(self, stream_id: str, user_id: str) -> bool:
         owner = self.client.get(PREFIX + stream_id + ":owner")

@@ -18,12 +18,11 @@ from typing import Any
 import gevent
 
 from service.errors import Cancelled, IdleTimeout
-from service.relay.live import LiveStream
+from service.relay.live import CLIENT_GONE, LiveStream
 
 log = logging.getLogger(__name__)
 MIN_DELAY = 0.01
 STOPPING_DELAY = 0.25
-CLIENT_GONE = "The client disconnected before the reply finished."
 
 
 @dataclass(frozen=True)
@@ -32,10 +31,6 @@ class Timing:
     idle_timeout: float
     max_seconds: float
     resume_grace: float = 0.0
-
-
-class _Tick(Exception):
-    """The wait for the client socket ended by timer, not by the socket."""
 
 
 def peer_closed(sock: socket.socket) -> bool | None:
@@ -116,11 +111,13 @@ class Watchdog:
 
     def _end_unless_read_elsewhere(self) -> None:
         """In its own greenlet (the timer's callback runs in the hub, which must not wait on Redis)."""
-        mirror = self.live.mirror
-        if mirror is not None and mirror.read_elsewhere():
-            self.live.unread_since = time.monotonic()  # look again after another grace
+        live = self.live
+        if live.done or live.readers:  # ended, or a reader came back to this host meanwhile
+            return
+        if live.mirror is not None and live.mirror.read_elsewhere():
+            live.unread_since = time.monotonic()  # look again after another grace
             self._arm()
-        elif not self.live.done:
+        else:
             self._end_unread()
 
     def _on_readable(self) -> None:
