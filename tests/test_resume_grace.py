@@ -22,9 +22,18 @@ def reply(count: int) -> str:
     return "".join(word if index == 0 else " " + word for index, word in enumerate((WORDS * 10)[:count]))
 
 
-def read_until_tokens(opened: tuple[socket.socket, bytes], tokens: int) -> tuple[str, int, str]:
+def drop_after(base_url: str, message: str, tokens: int) -> tuple[str, int, str]:
+    """Start a stream on a plain socket, read until ``tokens`` token events are in, then hang up (a real drop: the
+    server sees the connection end); (stream id, last sequence seen, text seen)."""
+    sock, buffer = open_raw_stream(base_url, {"message": message})
+    try:
+        return read_until_tokens(sock, buffer, tokens)
+    finally:
+        sock.close()
+
+
+def read_until_tokens(sock: socket.socket, buffer: bytes, tokens: int) -> tuple[str, int, str]:
     """Read the raw stream until ``tokens`` token events are in; (stream id, last sequence, text so far)."""
-    sock, buffer = opened
     buffer = buffer.split(b"\r\n\r\n", 1)[1]
     while buffer.count(b'"type":"token"') < tokens:
         chunk = sock.recv(65536)
@@ -56,10 +65,7 @@ def test_a_dropped_client_resumes_the_rest_with_nothing_missing_or_twice(
     server_factory: ServerFactory, upstream: FakeUpstream
 ) -> None:
     server = server_factory(RESUME_GRACE_SECONDS="5")
-    opened = open_raw_stream(server.url, {"message": "comes back #tokens=30 #delay=0.05"})
-    sock = opened[0]
-    stream_id, last, before = read_until_tokens(opened, 5)
-    sock.close()  # a real drop: the server sees the connection end
+    stream_id, last, before = drop_after(server.url, "comes back #tokens=30 #delay=0.05", 5)
     time.sleep(0.5)  # generation goes on meanwhile
     connection = upstream.connection_for("comes back")
     assert connection.closed_at is None
@@ -84,11 +90,8 @@ def test_nobody_comes_back_the_upstream_is_closed_after_the_grace_and_the_partia
     server_factory: ServerFactory, upstream: FakeUpstream
 ) -> None:
     server = server_factory(RESUME_GRACE_SECONDS="1")
-    opened = open_raw_stream(server.url, {"message": "never back #tokens=400 #delay=0.02"})
-    sock = opened[0]
-    read_until_tokens(opened, 3)
+    drop_after(server.url, "never back #tokens=400 #delay=0.02", 3)
     dropped = time.monotonic()
-    sock.close()
     connection = upstream.connection_for("never back")
     assert wait_for(lambda: connection.closed_at is not None, 5), "the upstream request was never closed"
     assert connection.closed_at is not None
@@ -104,10 +107,7 @@ def test_a_cancel_during_the_grace_closes_the_upstream_within_1s(
     server_factory: ServerFactory, upstream: FakeUpstream
 ) -> None:
     server = server_factory(RESUME_GRACE_SECONDS="30")
-    opened = open_raw_stream(server.url, {"message": "cancel detached #tokens=400 #delay=0.05"})
-    sock = opened[0]
-    stream_id, _, _ = read_until_tokens(opened, 2)
-    sock.close()
+    stream_id, _, _ = drop_after(server.url, "cancel detached #tokens=400 #delay=0.05", 2)
     time.sleep(0.3)
     connection = upstream.connection_for("cancel detached")
     assert connection.closed_at is None
@@ -124,10 +124,7 @@ def test_a_silent_model_still_notices_the_drop_and_a_reader_holds_the_stream_ope
     grace. A reader that comes back holds the stream open past the grace; once it leaves too, the grace starts
     again and the upstream is closed when it runs out."""
     server = server_factory(RESUME_GRACE_SECONDS="1.5", HEARTBEAT_SECONDS="0.5")
-    opened = open_raw_stream(server.url, {"message": "quiet drop #tokens=4 #silence=30"})
-    sock = opened[0]
-    stream_id, _, _ = read_until_tokens(opened, 1)
-    sock.close()
+    stream_id, _, _ = drop_after(server.url, "quiet drop #tokens=4 #silence=30", 1)
     time.sleep(0.3)
     connection = upstream.connection_for("quiet drop")
     assert connection.closed_at is None
