@@ -12,7 +12,10 @@ ServiceError                      code                 status  (retryable once s
 │   ├── UnsupportedMediaType      unsupported_media_type 415
 │   ├── RateLimited               rate_limited         429 (+ Retry-After)
 │   ├── UpstreamRejected          upstream_rejected    502
-│   └── UpstreamUnavailable       upstream_unavailable 503
+│   ├── UpstreamUnavailable       upstream_unavailable 503
+│   └── Unavailable               (503 + Retry-After: a part of the service is away for a while)
+│       ├── DatabaseUnavailable   database_unavailable 503
+│       └── SharedStateUnavailable shared_state_unavailable 503
 └── StreamError                   (after the first byte: an SSE ``error`` event)
     ├── IdleTimeout               idle_timeout         retryable
     ├── BudgetSpent               rate_limited         retryable
@@ -121,6 +124,27 @@ class UpstreamRejected(RequestError):
 class UpstreamUnavailable(RequestError):
     code, status, default_message = "upstream_unavailable", 503, "The model could not be reached; try again shortly."
     retryable = True
+
+
+class Unavailable(RequestError):
+    """A part the request needs is away (the database, or Redis for another host's stream): retry later."""
+
+    status, retryable = 503, True
+
+    def __init__(self, message: str | None = None, retry_after: int = 5) -> None:
+        super().__init__(message, {"retryAfter": retry_after})
+        self.retry_after = max(1, retry_after)
+        self.headers = {"Retry-After": str(self.retry_after)}
+
+
+class DatabaseUnavailable(Unavailable):
+    code = "database_unavailable"
+    default_message = "Conversations cannot be read right now; try again shortly."
+
+
+class SharedStateUnavailable(Unavailable):
+    code = "shared_state_unavailable"
+    default_message = "That stream runs on another server, which cannot be reached right now; try again shortly."
 
 
 class StreamError(ServiceError):
