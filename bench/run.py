@@ -118,8 +118,11 @@ def start_upstream() -> tuple[subprocess.Popen[bytes], int]:
     return process, port
 
 
-def start_service(upstream_port: int, workers: int, folder: str) -> tuple[subprocess.Popen[bytes], int]:
+def start_service(
+    upstream_port: int, workers: int, folder: str, redis_url: str | None = None
+) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
+    shared = {"REDIS_URL": redis_url} if redis_url else {}  # limits, slots, budgets, the mirror and leases
     env = {
         **os.environ,
         "OPENAI_BASE_URL": f"http://127.0.0.1:{upstream_port}/v1",
@@ -133,6 +136,7 @@ def start_service(upstream_port: int, workers: int, folder: str) -> tuple[subpro
         "TOKEN_BUDGET": "1000000000/hour",
         "MAX_STREAMS_PER_USER": "100000",
         "LOG_LEVEL": "warning",
+        **shared,
     }
     log = open(Path(folder) / f"gunicorn-{workers}.log", "ab")  # noqa: SIM115 - closed with the process
     process = subprocess.Popen(
@@ -247,6 +251,7 @@ def main() -> None:
     parser.add_argument("--workers", default="1,2", help="gunicorn worker counts to run, comma-separated")
     parser.add_argument("--node", choices=("auto", "off"), default="auto", help="the Node reference relay row")
     parser.add_argument("--repeat", type=int, default=1, help="runs per row, each on a fresh process; medians shown")
+    parser.add_argument("--redis", metavar="URL", help="also run each worker count with REDIS_URL (rows 'Nw+redis')")
     args = parser.parse_args()
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -261,9 +266,11 @@ def main() -> None:
                 for _ in range(args.repeat):  # the relays take turns, so a slow spell of the machine hits them all
                     runs.setdefault("direct", []).append(measure("direct", upstream_port, scenario, [], upstream.pid))
                     for count in worker_counts:
-                        service, port = start_service(upstream_port, count, folder)
-                        stats = measure_relay(service, port, children(service.pid), scenario, upstream.pid)
-                        runs.setdefault(f"{count} worker" + ("s" if count > 1 else ""), []).append(stats)
+                        for redis_url in [None, args.redis] if args.redis else [None]:
+                            service, port = start_service(upstream_port, count, folder, redis_url)
+                            stats = measure_relay(service, port, children(service.pid), scenario, upstream.pid)
+                            name = f"{count}w+redis" if redis_url else f"{count} worker" + ("s" if count > 1 else "")
+                            runs.setdefault(name, []).append(stats)
                     if args.node == "auto" and node_relay_ready():
                         relay, port = start_node_relay(upstream_port, folder)
                         stats = measure_relay(relay, port, [relay.pid], scenario, upstream.pid)

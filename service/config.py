@@ -41,6 +41,7 @@ class Settings:
     database_url: str = ""
     redis_url: str | None = None
     ratelimit_storage_uri: str = "memory://"
+    redis_outage_policy: str = "per-host"  # what new requests get while Redis is away: per-host limits, or refuse
     rate_limit: str = "30/minute"
     token_budget: str = "40000/hour"
     max_streams_per_user: int = 3
@@ -106,6 +107,7 @@ class Settings:
             database_url=reader.text("DATABASE_URL", ""),
             redis_url=redis_url,
             ratelimit_storage_uri=reader.text("RATELIMIT_STORAGE_URI", redis_url or "memory://"),
+            redis_outage_policy=reader.choice("REDIS_OUTAGE_POLICY", ("per-host", "refuse"), "per-host"),
             rate_limit=reader.rate("RATE_LIMIT", "30/minute"),
             token_budget=reader.rate("TOKEN_BUDGET", "40000/hour"),
             max_streams_per_user=reader.integer("MAX_STREAMS_PER_USER", 3, minimum=1),

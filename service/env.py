@@ -29,6 +29,12 @@ class EnvReader:
     def text(self, name: str, default: str) -> str:
         return self.optional(name) or default
 
+    def choice(self, name: str, allowed: tuple[str, ...], default: str) -> str:
+        value = self.text(name, default).lower()
+        if value not in allowed:
+            raise ConfigError(f"Config {name!r} must be one of {', '.join(allowed)}, got {value!r}.")
+        return value
+
     def items(self, name: str) -> tuple[str, ...]:
         return tuple(item.strip() for item in self.env.get(name, "").split(",") if item.strip())
 

@@ -11,6 +11,7 @@ from service.chat.service import ChatService
 from service.config import Settings
 from service.limits import StreamSlots, TokenBudget
 from service.metrics import Metrics
+from service.redis_health import RedisHealth
 from service.relay.mirror import SharedStreams
 from service.relay.registry import StreamRegistry
 from service.relay.watchdog import Timing
@@ -33,6 +34,7 @@ class Services:
     budget: TokenBudget
     metrics: Metrics
     shared: SharedStreams | None  # streams visible from any host (REDIS_URL), else None
+    redis_health: RedisHealth
 
 
 def services() -> Services:

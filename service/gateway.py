@@ -26,12 +26,13 @@ from service.chat.context import ContextBuilder
 from service.chat.service import ChatService
 from service.config import Settings, default_database_url
 from service.extensions import KEY, Services
-from service.limits import TokenBudget, build_request_limiter, build_stream_slots
+from service.limits import LimitsUpkeep, TokenBudget, build_request_limiter, build_stream_slots
 from service.llm.providers import build_clients
 from service.llm.streaming import StreamingService
 from service.llm.tokens import LocalTokenizer, TokenCounter
 from service.llm.windows import ContextWindows
 from service.metrics import Metrics, upstream_connections_in_use, upstream_pool_size
+from service.redis_health import RedisHealth
 from service.relay.leases import LeaseKeeper
 from service.relay.mirror import SharedStreams
 from service.relay.registry import CancelRelay, StreamRegistry
@@ -79,7 +80,9 @@ class ChatGateway:
             drain_on_sigterm(found.streams, settings.drain_seconds)
             if found.shared is not None:
                 found.shared.listen_for_cancels(CancelRelay(found.streams))
-                LeaseKeeper(found.shared.client, found.streams, found.conversations).start()
+                LeaseKeeper(found.shared, found.streams, found.conversations).start()
+            if settings.ratelimit_storage_uri.startswith("redis"):
+                LimitsUpkeep(found.slots, found.budget, found.redis_health).start()
         prefix = url_prefix.rstrip("/")
         app.register_blueprint(chat.bp, url_prefix=prefix + API_PREFIX)
         app.register_blueprint(conversations.bp, url_prefix=prefix + API_PREFIX + "/conversations")
@@ -96,6 +99,10 @@ def build_services(settings: Settings, user_loader: UserLoader | None = None) ->
     database.create_tables()
     store = ConversationStore(database)
     auth = Authenticator(settings, user_loader)
+    limits_uri = settings.ratelimit_storage_uri
+    health = RedisHealth(
+        settings.redis_url or (limits_uri if limits_uri.startswith("redis") else None), settings.redis_outage_policy
+    )
     if not auth.enabled:
         log.warning("JWT_SECRET and JWT_PUBLIC_KEY are unset: auth is OFF and every request is one local user.")
     found = Services(
@@ -111,10 +118,11 @@ def build_services(settings: Settings, user_loader: UserLoader | None = None) ->
             settings.stream_max_seconds,
             settings.resume_grace_seconds,
         ),
-        slots=build_stream_slots(settings),
-        budget=TokenBudget(settings),
+        slots=build_stream_slots(settings, health),
+        budget=TokenBudget(settings, health),
         metrics=Metrics(),
-        shared=SharedStreams(settings.redis_url) if settings.redis_url else None,
+        shared=SharedStreams(settings.redis_url, health) if settings.redis_url else None,
+        redis_health=health,
     )
     _register_gauges(found)
     return found
@@ -134,6 +142,7 @@ def _register_gauges(found: Services) -> None:
     metrics.add_process_gauges()
     metrics.gauge("chat_streams_open", "Streams being generated now.", lambda: float(len(found.streams.running())))
     metrics.gauge("chat_stream_slots_held", "Per-user open-stream slots held.", lambda: float(found.slots.open_count()))
+    metrics.gauge("chat_redis_up", "1 while Redis answers this worker, else 0.", lambda: float(found.redis_health.up))
     metrics.gauge("chat_db_sessions_open", "Database sessions open now.", lambda: float(found.database.active_units))
     clients = [sdk._client for sdk in found.chat.streaming.clients]
     metrics.gauge(

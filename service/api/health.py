@@ -31,18 +31,23 @@ def _local_model_healthy(base_url: str) -> bool:
 
 @bp.get("/readyz")
 def readyz() -> tuple[dict[str, Any], int]:
-    """Ready when the database answers and a model is configured."""
+    """Ready when the database answers and a model is configured. Redis is reported; it decides readiness only
+    under ``REDIS_OUTAGE_POLICY=refuse`` (by default a host without Redis still serves, with per-host limits)."""
     found = services()
+    settings = found.settings
     checks: dict[str, str] = {}
     try:
         found.database.ping()
         checks["database"] = "ok"
     except Exception:
         checks["database"] = "unavailable"
-    checks["model"] = f"{found.settings.provider}:{found.settings.chat_model}"
-    if found.settings.local_model_url:
-        checks["localModel"] = "ok" if _local_model_healthy(found.settings.local_model_url) else "unavailable"
-    ready = all(value != "unavailable" for value in checks.values())
+    checks["model"] = f"{settings.provider}:{settings.chat_model}"
+    if settings.local_model_url:
+        checks["localModel"] = "ok" if _local_model_healthy(settings.local_model_url) else "unavailable"
+    if found.redis_health.url:
+        checks["redis"] = "ok" if found.redis_health.probe() else "unavailable"
+    optional = () if settings.redis_outage_policy == "refuse" else ("redis",)
+    ready = all(value != "unavailable" for name, value in checks.items() if name not in optional)
     return {"status": "ready" if ready else "not_ready", "checks": checks}, 200 if ready else 503
 
 

@@ -5,6 +5,9 @@ of its own running streams once a second, all in one pipeline (no per-token work
 out: their host is gone without ending them. The first worker to remove an expired lease (``ZREM`` answers 1 to
 exactly one caller) recovers that stream: it saves the reply the mirror holds as ``incomplete`` and ends the
 stream for its readers with a retryable ``server_shutdown``.
+
+After a Redis outage nobody could renew: every lease may have run out. A worker reaps only once Redis has answered
+it for two lease periods, by which time every living host has renewed its own.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import redis
 
 from service.chat.events import Error
 from service.errors import ServerShutdown
-from service.relay.mirror import LEASE_SECONDS, LEASES, PREFIX, RETENTION_SECONDS
+from service.relay.mirror import LEASE_SECONDS, LEASES, PREFIX, RETENTION_SECONDS, SharedStreams
 from service.relay.registry import StreamRegistry
 from service.relay.sse import encode_event, event_prefix
 from service.store.conversations import ConversationStore, ExchangeRecord
@@ -34,8 +37,10 @@ HOST_LOST = "The server running this reply stopped; the reply so far is saved. S
 class LeaseKeeper:
     """One greenlet per worker: renews this worker's leases and recovers streams whose host is gone."""
 
-    def __init__(self, client: Any, registry: StreamRegistry, store: ConversationStore) -> None:
-        self.client = client
+    def __init__(self, shared: SharedStreams, registry: StreamRegistry, store: ConversationStore) -> None:
+        self.shared = shared
+        self.client = shared.client
+        self.health = shared.health
         self.registry = registry
         self.store = store
 
@@ -46,16 +51,23 @@ class LeaseKeeper:
         while True:
             try:
                 self.renew()
-                self.reap()
-            except redis.RedisError:
-                log.warning("stream leases: Redis is unavailable", exc_info=True)
+                self.shared.finish_pending()
+                if self.health.up_for() >= 2 * LEASE_SECONDS:
+                    self.reap()
+            except redis.RedisError as error:
+                self.health.failed("renewing stream leases", error)
             gevent.sleep(RENEW_SECONDS)
 
     def renew(self) -> None:
+        """Every running mirrored stream's lease, written whole (a restarted Redis may have lost it). A stream that
+        ends while this call is on its way may get its lease back; its recovery then finds the end mark and stops."""
         mirrored = [live.stream_id for live in self.registry.running() if live.mirror is not None]
         if mirrored:
             expiry = time.time() + LEASE_SECONDS
-            self.client.zadd(LEASES, dict.fromkeys(mirrored, expiry), xx=True)  # only leases not ended meanwhile
+            self.client.zadd(LEASES, dict.fromkeys(mirrored, expiry))
+        else:
+            self.client.ping()  # tells the health whether Redis answers, also on an idle host
+        self.health.answered()
 
     def reap(self) -> None:
         for raw in self.client.zrangebyscore(LEASES, "-inf", time.time()):
@@ -71,14 +83,15 @@ def recover(client: Any, store: ConversationStore, stream_id: str) -> None:
     entries = client.xrange(key)
     if not turn or any(b"end" in fields for _, fields in entries):
         return
-    texts: list[str] = []
+    tokens: dict[int, str] = {}  # by number: a batch written twice (a retried flush) counts once
     last = 0
     for _, fields in entries:
         for sequence, data in _EVENT.findall(fields.get(b"data", b"")):
             last = max(last, int(sequence))
             event = orjson.loads(data)
             if event.get("type") == "token":
-                texts.append(str(event.get("content", "")))
+                tokens[int(sequence)] = str(event.get("content", ""))
+    texts = [tokens[sequence] for sequence in sorted(tokens)]
     reply = "".join(texts)
     log.warning("stream %s lost its host; saving the %d tokens its mirror holds", stream_id, len(texts))
     try:

@@ -19,6 +19,9 @@ import gevent
 import redis
 
 from service.chat.stream import ChatStream
+from service.errors import SharedStateUnavailable
+from service.redis_health import CONNECT_TIMEOUT, DOWN, RedisHealth
+from service.redis_health import client as redis_client
 from service.relay.sse import PING, retry_field
 
 log = logging.getLogger(__name__)
@@ -54,43 +57,64 @@ def split_after(first: int, data: bytes, after: int) -> bytes:
 
 
 class StreamMirror:
-    """One stream's writer: batches collect in memory and go to Redis in one ``XADD`` per flush."""
+    """One stream's writer: batches collect in memory and go to Redis in one ``XADD`` per flush.
 
-    def __init__(self, client: Any, stream_id: str, user_id: str, turn: Mapping[str, str]) -> None:
-        self.client = client
+    Redis being away stops nothing: what could not be written stays pending and goes with the next flush (readers
+    elsewhere drop events they already have, by number), and the stream's keys are written again then, in case a
+    restarted Redis lost them. A mirror that ends with writes still pending is retried by the lease keeper."""
+
+    def __init__(self, shared: SharedStreams, stream_id: str, user_id: str, turn: Mapping[str, str]) -> None:
+        self.shared = shared
+        self.client = shared.client
         self.stream_id = stream_id
+        self.user_id = user_id
+        self.turn = dict(turn)
         self.key = PREFIX + stream_id
         self.pending: list[tuple[int, bytes]] = []
         self.flusher: gevent.Greenlet[[], None] | None = None
-        pipe = client.pipeline(transaction=False)
-        pipe.set(self.key + ":owner", user_id, ex=RETENTION_SECONDS)
-        pipe.hset(self.key + ":turn", mapping=dict(turn))
+        self.ended = False
+        self.unwritten = False  # its keys are not (or no longer) in Redis: the next flush writes them
+        pipe = self.client.pipeline(transaction=False)
+        self._keys(pipe)
+        self._execute(pipe)
+
+    def _keys(self, pipe: Any) -> None:
+        pipe.set(self.key + ":owner", self.user_id, ex=RETENTION_SECONDS)
+        pipe.hset(self.key + ":turn", mapping=self.turn)
         pipe.expire(self.key + ":turn", RETENTION_SECONDS)
-        pipe.zadd(LEASES, {stream_id: time.time() + LEASE_SECONDS})
-        pipe.execute()
+        pipe.zadd(LEASES, {self.stream_id: time.time() + LEASE_SECONDS})
+
+    def _execute(self, pipe: Any) -> bool:
+        """False when Redis failed it or is known to be down: the keys go again with the next flush."""
+        self.unwritten = self.shared.health.attempt("mirroring a stream", pipe.execute) is DOWN
+        return not self.unwritten
 
     def publish(self, first: int, data: bytes) -> None:
         self.pending.append((first, data))
         if self.flusher is None:
             self.flusher = gevent.spawn_later(FLUSH_SECONDS, self._flush)
 
-    def _flush(self, end: bool = False) -> None:
+    def _flush(self) -> None:
         self.flusher = None
         pending, self.pending = self.pending, []
-        if not pending and not end:
+        if not pending and not self.ended:
             return
         pipe = self.client.pipeline(transaction=False)
+        if self.unwritten:
+            self._keys(pipe)
         if pending:
             pipe.xadd(self.key, {"first": pending[0][0], "data": b"".join(data for _, data in pending)})
-        if end:
+        if self.ended:
             pipe.xadd(self.key, {"end": 1})
             pipe.zrem(LEASES, self.stream_id)
         pipe.expire(self.key, RETENTION_SECONDS)
         pipe.expire(self.key + ":owner", RETENTION_SECONDS)
-        try:
-            pipe.execute()
-        except redis.RedisError:
-            log.exception("could not mirror stream %s to Redis", self.key)
+        if self._execute(pipe):
+            self.shared.unfinished.discard(self)
+            return
+        self.pending[:0] = pending  # written with the next flush, in order
+        if self.ended:
+            self.shared.unfinished.add(self)
 
     def read_elsewhere(self) -> bool:
         """True while a reader on another host follows this stream (it refreshes ``<key>:reader``)."""
@@ -103,59 +127,89 @@ class StreamMirror:
         """The stream ended: write what is left and the end mark."""
         if self.flusher is not None:
             self.flusher.kill(block=False)
-        self._flush(end=True)
+            self.flusher = None
+        self.ended = True
+        self._flush()
 
 
 class SharedStreams:
-    def __init__(self, url: str) -> None:
-        self.client: Any = redis.Redis.from_url(url)  # redis-py's own types are too loose to check replies
+    def __init__(self, url: str, health: RedisHealth) -> None:
+        self.client: Any = redis_client(url)
+        self.follower: Any = redis_client(url, read_timeout=(BLOCK_MS + READER_MARGIN_MS) / 1000)  # XREAD BLOCK
+        self.url = url
+        self.health = health
+        self.unfinished: set[StreamMirror] = set()  # ended while Redis was away: their last writes are pending
 
     def mirror(self, chat: ChatStream) -> StreamMirror:
-        return StreamMirror(self.client, chat.metadata.stream_id, chat.request.user_id, turn_of(chat))
+        return StreamMirror(self, chat.metadata.stream_id, chat.request.user_id, turn_of(chat))
+
+    def finish_pending(self) -> None:
+        """Retry the last writes of mirrors that ended while Redis was away (the lease keeper calls this)."""
+        for mirror in list(self.unfinished):
+            mirror._flush()
 
     def owned_by(self, stream_id: str, user_id: str) -> bool:
-        owner = self.client.get(PREFIX + stream_id + ":owner")
+        try:
+            owner = self.client.get(PREFIX + stream_id + ":owner")
+        except redis.RedisError as error:
+            self.health.failed("finding a stream's owner", error)
+            raise SharedStateUnavailable() from None
         return owner is not None and owner.decode() == user_id
 
     def read(self, stream_id: str, after: int, heartbeat: float) -> Iterator[bytes]:
-        """Replay from Redis, then follow until the end mark; ``: ping`` while the stream is quiet."""
+        """Replay from Redis, then follow until the end mark; ``: ping`` while the stream is quiet. If Redis goes
+        away meanwhile the response just ends: the client resumes from its last event, as after any drop."""
         key = PREFIX + stream_id
         yield retry_field()
         last_id = "0-0"
         block = int(min(heartbeat * 1000, BLOCK_MS))
+        client = self.follower
         while True:
-            # tells the running host that a reader is here, so a dropped client's resume grace is not run out
-            self.client.set(key + ":reader", 1, px=block + READER_MARGIN_MS)
-            found = self.client.xread({key: last_id}, block=block, count=100)
-            if not found:
-                if not self.client.exists(key):
+            try:
+                # tells the running host that a reader is here, so a dropped client's resume grace is not run out
+                client.set(key + ":reader", 1, px=block + READER_MARGIN_MS)
+                found = client.xread({key: last_id}, block=block, count=100)
+                if not found and not client.exists(key):
                     return
+            except redis.RedisError as error:
+                self.health.failed("following a stream", error)
+                return
+            if not found:
                 yield PING
                 continue
             for entry_id, fields in found[0][1]:
                 last_id = entry_id
                 if b"end" in fields:
                     return
-                part = split_after(int(fields[b"first"]), fields[b"data"], after)
+                first, data = int(fields[b"first"]), fields[b"data"]
+                part = split_after(first, data, after)
                 if part:
                     yield part
+                    after = max(after, first + data.count(b"\n\n") - 1)  # a batch written twice goes out once
 
     def cancel(self, stream_id: str) -> None:
-        self.client.publish(CANCEL_CHANNEL, stream_id)
+        try:
+            self.client.publish(CANCEL_CHANNEL, stream_id)
+        except redis.RedisError as error:
+            self.health.failed("publishing a cancel", error)
+            raise SharedStateUnavailable() from None
 
     def listen_for_cancels(self, on_cancel: Callable[[str], None]) -> gevent.Greenlet[[], None]:
-        """One greenlet per worker: every cancel published by any host reaches the host running the stream."""
+        """One greenlet per worker: every cancel published by any host reaches the host running the stream. Its
+        client waits for messages without a reply timeout (a quiet channel is normal); keepalives find a dead peer."""
+        listener: Any = redis.Redis.from_url(self.url, socket_connect_timeout=CONNECT_TIMEOUT, socket_keepalive=True)
 
         def listen() -> None:
             while True:
-                pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+                pubsub = listener.pubsub(ignore_subscribe_messages=True)
                 try:
                     pubsub.subscribe(CANCEL_CHANNEL)
+                    self.health.answered()
                     for message in pubsub.listen():
                         if message["type"] == "message":
                             on_cancel(message["data"].decode())
-                except redis.RedisError:
-                    log.warning("cancel listener lost Redis; reconnecting", exc_info=True)
+                except redis.RedisError as error:
+                    self.health.failed("listening for cancels", error)
                     gevent.sleep(1)
                 finally:
                     pubsub.close()
