@@ -39,6 +39,8 @@ class Settings:
     upstream_attempts: int = 3
     upstream_connect_timeout: float = 5.0
     database_url: str = ""
+    save_timeout_seconds: float = 2.0  # longest a stream's end waits for its save before journaling it
+    save_journal_dir: str | None = None  # None: beside a SQLite file, else the app's instance folder
     redis_url: str | None = None
     ratelimit_storage_uri: str = "memory://"
     redis_outage_policy: str = "per-host"  # what new requests get while Redis is away: per-host limits, or refuse
@@ -105,6 +107,8 @@ class Settings:
             context_windows=model_windows,
             upstream_attempts=reader.integer("UPSTREAM_ATTEMPTS", 3, minimum=1),
             database_url=reader.text("DATABASE_URL", ""),
+            save_timeout_seconds=reader.number("SAVE_TIMEOUT_SECONDS", 2.0, minimum=0.01),
+            save_journal_dir=reader.optional("SAVE_JOURNAL_DIR"),
             redis_url=redis_url,
             ratelimit_storage_uri=reader.text("RATELIMIT_STORAGE_URI", redis_url or "memory://"),
             redis_outage_policy=reader.choice("REDIS_OUTAGE_POLICY", ("per-host", "refuse"), "per-host"),

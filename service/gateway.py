@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from pathlib import Path
 
 from flask import Flask
 
@@ -40,6 +41,7 @@ from service.relay.shutdown import drain_on_sigterm
 from service.relay.watchdog import Timing
 from service.store.conversations import ConversationStore
 from service.store.database import Database
+from service.store.journal import SaveJournal, default_folder
 
 log = logging.getLogger(__name__)
 UserLoader = Callable[[], "str | None"]
@@ -72,6 +74,9 @@ class ChatGateway:
         settings = settings or Settings.from_env()
         if not settings.database_url:
             settings = settings.with_overrides({"database_url": default_database_url(app.instance_path)})
+        if not settings.save_journal_dir:
+            folder = default_folder(settings.database_url, Path(app.instance_path))
+            settings = settings.with_overrides({"save_journal_dir": str(folder)})
         found = build_services(settings, user_loader)
         app.extensions[KEY] = found
         if not _gevent_worker():
@@ -97,7 +102,9 @@ class ChatGateway:
 def build_services(settings: Settings, user_loader: UserLoader | None = None) -> Services:
     database = Database(settings.database_url)
     database.create_tables()
-    store = ConversationStore(database)
+    folder = Path(settings.save_journal_dir) if settings.save_journal_dir else default_folder(settings.database_url)
+    journal = SaveJournal(folder, settings.database_url, database.cooperative)
+    store = ConversationStore(database, journal, settings.save_timeout_seconds)
     auth = Authenticator(settings, user_loader)
     limits_uri = settings.ratelimit_storage_uri
     health = RedisHealth(

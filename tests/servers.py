@@ -1,12 +1,15 @@
-"""Real processes for tests: the service under gunicorn with the gevent worker, on a free port."""
+"""Real processes for tests: the service under gunicorn with the gevent worker, and PostgreSQL, on free ports."""
 
 from __future__ import annotations
 
+import glob
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -83,3 +86,42 @@ class GunicornServer:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+
+
+class PostgresServer:
+    """A PostgreSQL of the test's own, in a temporary folder on a free port, run as the ``postgres`` user (the
+    tests run as root, which PostgreSQL refuses to be): it can be stopped and started again at will."""
+
+    def __init__(self, database: str = "chat") -> None:
+        self.bin = Path(sorted(glob.glob("/usr/lib/postgresql/*/bin"))[-1])
+        self.port = free_port()
+        self.database = database
+        self.folder = Path(tempfile.mkdtemp(prefix="chat-postgres-"))  # not under pytest's root-only folder
+        self.data = self.folder / "data"
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{self.database}"
+
+    def _run(self, tool: str, *args: str) -> None:
+        command = ["runuser", "-u", "postgres", "--", str(self.bin / tool), *args]
+        subprocess.run(command, check=True, capture_output=True, timeout=60)
+
+    def create(self) -> PostgresServer:
+        shutil.chown(self.folder, "postgres", "postgres")
+        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync")
+        self.start()
+        self._run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", self.database)
+        return self
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.folder / "log"), "-w", "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop")
+
+    def remove(self) -> None:
+        if (self.data / "postmaster.pid").exists():
+            self.stop("immediate")
+        shutil.rmtree(self.folder, ignore_errors=True)

@@ -1,6 +1,8 @@
 """ChatStream: one running chat turn, from the open upstream to its last event, saved exactly once.
 
-The exchange is saved in ``finish()``, complete or incomplete, so nothing the user saw is lost.
+The exchange is saved in ``finish()``, complete or incomplete, so nothing the user saw is lost. A database that is
+away or slow holds the last event back no longer than ``SAVE_TIMEOUT_SECONDS``: the exchange is journaled on local
+disk instead and written when the database answers (``service.store.journal``).
 """
 
 from __future__ import annotations

@@ -1,18 +1,26 @@
-"""The only module that runs SQL for conversations. Ownership is part of every query."""
+"""The only module that runs SQL for conversations. Ownership is part of every query.
+
+A save the database cannot take (it is away, or does not answer within ``save_timeout``) goes to the save journal
+(``service.store.journal``), on disk before ``save_exchange`` returns, and is written from there once the database
+answers: a reply the user was shown is not lost to an outage, and the stream's end does not wait on one."""
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import Connection, Table, bindparam, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
+from service.errors import DatabaseUnavailable
 from service.store.database import Database
-from service.store.group_commit import GroupCommit
+from service.store.group_commit import GroupCommit, WriteTimedOut
 from service.store.models import Conversation, Message, utcnow
+
+if TYPE_CHECKING:
+    from service.store.journal import SaveJournal
 
 TITLE_CHARS = 80
 conversations = cast(Table, Conversation.__table__)
@@ -40,6 +48,7 @@ class ExchangeRecord:
     prompt_tokens: int | None
     completion_tokens: int | None
     new_conversation: bool = False  # its id was made for this exchange: nothing to look up first
+    ended_at: datetime | None = None  # None: now; a save written late (from the journal) keeps its own time
 
 
 @dataclass(frozen=True)
@@ -94,11 +103,24 @@ class ConversationRow:
 
 
 class ConversationStore:
-    def __init__(self, database: Database) -> None:
+    def __init__(
+        self, database: Database, journal: SaveJournal | None = None, save_timeout: float | None = None
+    ) -> None:
+        """``journal`` and ``save_timeout`` default to ``SAVE_JOURNAL_DIR`` and ``SAVE_TIMEOUT_SECONDS``. Under
+        gevent the journal's replayer starts here."""
+        from service.store.journal import SaveJournal, journal_settings  # which imports this module for its records
+
         self.database = database
+        if journal is None or save_timeout is None:
+            timeout, folder = journal_settings(database.url)
+            journal = journal or SaveJournal(folder, database.url, database.cooperative)
+            save_timeout = timeout if save_timeout is None else save_timeout
+        self.journal = journal
+        self.save_timeout = save_timeout
         self.group: GroupCommit[ExchangeRecord] | None = None
         if database.cooperative:
-            self.group = GroupCommit(self.save_exchanges)
+            self.group = GroupCommit(self.save_exchanges, item_by_item=_not_outage)
+            journal.start(self)
 
     def history(self, conversation_id: str, user_id: str, limit: int) -> list[tuple[str, str]] | None:
         """The last ``limit`` (role, content) pairs oldest first, or None when not the user's."""
@@ -119,19 +141,31 @@ class ConversationStore:
         return self.database.transaction(work)
 
     def save_exchange(self, record: ExchangeRecord) -> None:
-        """Both messages in one transaction; creates the conversation on its first exchange. Returns once saved.
+        """Both messages in one transaction; creates the conversation on its first exchange. Returns once saved,
+        or once journaled: when the database is away, or (under gevent) has not committed it within
+        ``save_timeout``.
 
         Under gevent, saves that arrive together share one transaction (``GroupCommit``). Core statements built
         once at import (so SQLAlchemy's compiled cache always hits), not ORM objects: this runs once per stream,
         and the unit of work cost more CPU than relaying a short reply."""
-        if self.group is not None:
-            self.group.submit(record)
-        else:
-            self.save_exchanges([record])
+        try:
+            if self.group is not None:
+                self.group.submit(record, self.save_timeout)
+            else:
+                self.save_exchanges([record])
+        except (DatabaseUnavailable, WriteTimedOut) as error:
+            self.journal.append(record, error)
 
     def save_exchanges(self, records: list[ExchangeRecord]) -> None:
         """Several exchanges in one transaction."""
         self.database.statements(lambda connection: _write_exchanges(connection, records))
+
+    def stored_replies(self, reply_ids: list[str]) -> set[str]:
+        """Which of these replies are stored: a journaled save is written only if its reply is not."""
+        if not reply_ids:
+            return set()
+        query = select(messages.c.id).where(messages.c.id.in_(reply_ids))
+        return self.database.statements(lambda connection: set(connection.execute(query).scalars()))
 
     def list_for(self, user_id: str, limit: int, offset: int) -> list[ConversationRow]:
         def work(session: Session) -> list[ConversationRow]:
@@ -168,6 +202,10 @@ class ConversationStore:
         return self.database.transaction(work)
 
 
+def _not_outage(error: Exception) -> bool:
+    return not isinstance(error, DatabaseUnavailable)
+
+
 def _write_exchanges(connection: Connection, records: list[ExchangeRecord]) -> None:
     now = utcnow()
     last_positions: dict[str, int] = {}  # two exchanges of one conversation in a batch: number them in order
@@ -175,20 +213,21 @@ def _write_exchanges(connection: Connection, records: list[ExchangeRecord]) -> N
     rows: list[dict[str, Any]] = []
     for record in records:
         conversation_id = record.conversation_id
+        at = record.ended_at or now
         position = last_positions.get(conversation_id)
         if position is None:
             position = -1
             touched = 0
             if not record.new_conversation:
-                touched = connection.execute(_TOUCH, {"b_id": conversation_id, "b_now": now}).rowcount
+                touched = connection.execute(_TOUCH, {"b_id": conversation_id, "b_now": at}).rowcount
                 if touched:
                     position = connection.execute(_LAST_POSITION, {"b_id": conversation_id}).scalar_one()
             if not touched:
                 title = " ".join(record.user_message.split())[:TITLE_CHARS] or "New conversation"
                 row = {"id": conversation_id, "user_id": record.user_id, "title": title}
-                created.append({**row, "created_at": now, "updated_at": now})
+                created.append({**row, "created_at": at, "updated_at": at})
         last_positions[conversation_id] = position + 2
-        rows.extend(_message_rows(record, position, now))
+        rows.extend(_message_rows(record, position, at))
     if created:
         connection.execute(_CREATE, created)
     connection.execute(_ADD_MESSAGES, rows)

@@ -5,6 +5,10 @@ C library blocks the whole worker, so its calls run on one native thread of the 
 writer anyway) over one kept connection: opening a connection per unit of work cost ~2 ms of CPU a stream, and
 one thread keeps the connection count, and so the file descriptors, fixed. WAL mode lets other processes read
 while one writes.
+
+A database that is away is one error, ``DatabaseUnavailable`` (503, retryable), whatever the driver said: the views
+answer it as such, and a save that meets it goes to the journal (``service.store.journal``). A PostgreSQL that
+cannot be reached fails within ``CONNECT_TIMEOUT_SECONDS`` rather than holding a request for the kernel's minutes.
 """
 
 from __future__ import annotations
@@ -15,10 +19,15 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event, make_url
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
+
+from service.errors import DatabaseUnavailable
 
 T = TypeVar("T")
 H = TypeVar("H")
+CONNECT_TIMEOUT_SECONDS = 3  # a URL's own ``connect_timeout`` wins
 
 
 def _gevent_patched() -> bool:
@@ -27,6 +36,14 @@ def _gevent_patched() -> bool:
     except ImportError:  # pragma: no cover - gevent is a runtime dependency
         return False
     return bool(monkey.is_module_patched("socket"))
+
+
+def is_outage(error: BaseException) -> bool:
+    """The database is away or cannot take more, not this statement wrong: the connection-level errors, a
+    connection lost mid-transaction, and a pool with no connection to lend."""
+    if isinstance(error, OperationalError | InterfaceError | PoolTimeout):
+        return True
+    return isinstance(error, DBAPIError) and error.connection_invalidated
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -52,7 +69,8 @@ class Database:
             self.engine: Engine = create_engine(url, connect_args={"check_same_thread": False}, **pooling)
             event.listen(self.engine, "connect", _sqlite_pragmas)
         else:
-            self.engine = create_engine(url, pool_size=10, max_overflow=40, pool_pre_ping=True)
+            connect = {} if "connect_timeout" in make_url(url).query else {"connect_timeout": CONNECT_TIMEOUT_SECONDS}
+            self.engine = create_engine(url, pool_size=10, max_overflow=40, pool_pre_ping=True, connect_args=connect)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._thread: Any = None
         self.cooperative = _gevent_patched()  # running under gevent's hub (gunicorn's gevent worker)
@@ -90,6 +108,10 @@ class Database:
         try:
             with begin() as handle:
                 return work(handle)
+        except (DBAPIError, PoolTimeout) as error:
+            if is_outage(error):
+                raise DatabaseUnavailable() from error
+            raise
         finally:
             self.active_units -= 1
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 import uuid
 
 import gevent
 import pytest
 
 from service.store.conversations import ConversationStore
-from service.store.group_commit import GroupCommit
+from service.store.group_commit import GroupCommit, WriteTimedOut
 from tests.store.test_database import record, store  # noqa: F401 - the store fixture (SQLite and PostgreSQL)
 
 
@@ -88,3 +89,34 @@ def test_a_failed_batch_still_saves_the_good_exchanges(store: ConversationStore,
     assert [writer.successful() for writer in writers] == [True] * count + [False]
     for item in good:
         assert store.read(item.conversation_id, user) is not None
+
+
+def test_a_write_that_takes_too_long_times_out_and_a_queued_one_is_taken_back() -> None:
+    written: list[list[int]] = []
+    group: GroupCommit[int] = GroupCommit(lambda items: (gevent.sleep(0.3), written.append(items)))
+    under_way = gevent.spawn(group.submit, 1, 0.1)
+    gevent.sleep(0.01)
+    started = time.monotonic()
+    with pytest.raises(WriteTimedOut) as queued:
+        group.submit(2, 0.1)  # behind a transaction that holds the writer for 0.3 s
+    assert time.monotonic() - started < 0.2
+    assert queued.value.may_land is False
+    under_way.join(1)
+    assert isinstance(under_way.exception, WriteTimedOut) and under_way.exception.may_land is True
+    gevent.sleep(0.5)
+    assert written == [[1]]  # the one under way landed after all; the one taken back never will
+
+
+def test_an_outage_fails_a_batch_at_once_instead_of_item_by_item() -> None:
+    calls: list[list[int]] = []
+
+    def write_many(items: list[int]) -> None:
+        calls.append(items)
+        gevent.sleep(0.01)
+        raise ConnectionError("the database is away")
+
+    group: GroupCommit[int] = GroupCommit(write_many, item_by_item=lambda error: False)
+    writers = [gevent.spawn(group.submit, number) for number in range(5)]
+    gevent.joinall(writers, timeout=5)
+    assert all(isinstance(writer.exception, ConnectionError) for writer in writers)
+    assert calls == [[0, 1, 2, 3, 4]]  # one try for the batch, not one more per item
