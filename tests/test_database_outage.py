@@ -201,3 +201,21 @@ def test_a_slow_database_holds_done_back_no_longer_than_the_save_timeout(
     assert wait_for(lambda: stored_whole(server, message, events), 10), server.log()
     assert wait_for(lambda: journal_files(journal) == [], 5)
     assert stored_whole(server, message, events)
+
+
+def test_a_host_started_while_the_database_is_away_serves_and_catches_up(
+    server_factory: ServerFactory, postgres: PostgresServer, tmp_path: Path
+) -> None:
+    """A deploy during an outage: the worker starts (its schema upgrade waits for the database), streams new
+    conversations, and once the database is back upgrades it and writes what it journaled."""
+    postgres.stop("fast")
+    journal = tmp_path / "journal"
+    server = server_factory(DATABASE_URL=postgres.url, SAVE_JOURNAL_DIR=str(journal))
+    assert httpx.get(f"{server.url}/readyz", timeout=10).json()["checks"]["database"] == "unavailable"
+    message = "started during the outage #tokens=6"
+    events = stream(server.url, {"message": message})
+    assert events[-1].type == "done" and len(reply_text(events).split()) == 6
+    postgres.start()
+    assert wait_for(lambda: stored_whole(server, message, events), 15), server.log()
+    assert httpx.get(f"{server.url}/readyz", timeout=10).status_code == 200
+    assert "schema upgraded" in server.log_path.read_text()

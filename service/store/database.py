@@ -13,6 +13,7 @@ cannot be reached fails within ``CONNECT_TIMEOUT_SECONDS`` rather than holding a
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -28,6 +29,10 @@ from service.errors import DatabaseUnavailable
 T = TypeVar("T")
 H = TypeVar("H")
 CONNECT_TIMEOUT_SECONDS = 3  # a URL's own ``connect_timeout`` wins
+# a peer that vanished without closing (a partition, a hung host) is found within ~25 s, not the kernel's hours
+KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3}
+UPGRADE_RETRY_SECONDS = 2.0
+log = logging.getLogger(__name__)
 
 
 def _gevent_patched() -> bool:
@@ -69,7 +74,10 @@ class Database:
             self.engine: Engine = create_engine(url, connect_args={"check_same_thread": False}, **pooling)
             event.listen(self.engine, "connect", _sqlite_pragmas)
         else:
-            connect = {} if "connect_timeout" in make_url(url).query else {"connect_timeout": CONNECT_TIMEOUT_SECONDS}
+            asked = make_url(url).query
+            connect = {key: value for key, value in KEEPALIVES.items() if key not in asked}
+            if "connect_timeout" not in asked:
+                connect["connect_timeout"] = CONNECT_TIMEOUT_SECONDS
             self.engine = create_engine(url, pool_size=10, max_overflow=40, pool_pre_ping=True, connect_args=connect)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._thread: Any = None
@@ -82,10 +90,39 @@ class Database:
 
     def create_tables(self) -> None:
         """Bring the schema to the newest migration (``service.store.migrate``); many workers may call this at
-        once, and they take turns."""
+        once, and they take turns. A database that is away when a worker starts does not stop the worker (a
+        restart during an outage would take the host down): under gevent the upgrade is retried in the background
+        until the database answers, and meanwhile saves go to the journal."""
+        try:
+            self._upgrade()
+        except DBAPIError as error:
+            if not (self.cooperative and is_outage(error)):
+                raise
+            why = (str(error.orig or error).strip().splitlines() or ["?"])[0]
+            log.warning("database unavailable at start (%s); upgrading its schema once it answers", why)
+            import gevent
+
+            gevent.spawn(self._upgrade_when_back)
+
+    def _upgrade(self) -> None:
         from service.store.migrate import upgrade
 
         self.run(lambda: upgrade(self.engine))
+
+    def _upgrade_when_back(self) -> None:
+        import gevent
+
+        while True:
+            gevent.sleep(UPGRADE_RETRY_SECONDS)
+            try:
+                self._upgrade()
+            except DBAPIError as error:
+                if not is_outage(error):
+                    log.exception("could not upgrade the database schema")
+                    return
+                continue
+            log.warning("database answers again: schema upgraded")
+            return
 
     def run(self, work: Callable[[], T]) -> T:
         """Run ``work`` (blocking DB code) without stalling the hub."""
