@@ -6,12 +6,15 @@ The gevent worker gives each connection a greenlet, so one worker holds thousand
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from service.config import graceful_timeout as graceful_timeout_of  # the checkout's package (the line above)
 from service.env import ConfigError, EnvReader
+from service.logs import FORMATS, GatewayLogger, configure_logging
 
 _env = EnvReader()
 
@@ -37,11 +40,19 @@ except ConfigError as error:
 keepalive = _int("GUNICORN_KEEPALIVE", 5)
 backlog = _int("GUNICORN_BACKLOG", 4096, minimum=1)
 loglevel = _env.text("LOG_LEVEL", "info").lower()
+# LOG_FORMAT=json (the default here): one JSON object a line, gunicorn's lines and access log included, each with
+# the request id; text: for a terminal
+try:
+    log_format = _env.choice("LOG_FORMAT", FORMATS, "json")
+except ConfigError as error:
+    raise SystemExit(str(error)) from None
+GatewayLogger.kind = log_format
+logger_class = GatewayLogger
 # one line per request, after its last byte: who, what, the status, the bytes and how long it took (a stream's
 # whole length). GUNICORN_ACCESS_LOG=off turns it off, or names a file instead of standard output.
 _access = _env.text("GUNICORN_ACCESS_LOG", "-")
 accesslog = None if _access.lower() in {"off", "none", "false", "0"} else _access
-access_log_format = '%(h)s "%(r)s" %(s)s %(B)s %(M)sms "%(a)s"'
+access_log_format = '%(h)s "%(r)s" %(s)s %(B)s %(M)sms "%(a)s" %({x-request-id}o)s'  # LOG_FORMAT=text
 errorlog = "-"
 preload_app = False  # the app imports httpx2; it must load after the worker has monkey-patched
 # gevent's default resolver runs every getaddrinfo (one per new upstream connection, IP literals included) on a
@@ -65,8 +76,31 @@ def _provider_configured() -> bool:
     return any(_env.optional(name) for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "AZURE_OPENAI_ENDPOINT"))
 
 
+# --- metrics of the whole host: prometheus-client's multiprocess mode --------------------------------------------
+# Each worker writes its counters and histograms to files in this folder; a scrape of any worker reads them all.
+# The variable must be set before a worker imports prometheus_client, hence here; the folder is emptied at start
+# (the files of an earlier run would be counted again) and a dead worker's live gauges are dropped.
+_made_metrics_folder = not _env.optional("PROMETHEUS_MULTIPROC_DIR")
+_metrics_folder = _env.optional("PROMETHEUS_MULTIPROC_DIR") or os.path.join(
+    tempfile.gettempdir(), f"chat-gateway-metrics-{os.getpid()}"
+)
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_folder
+
+
+def _fresh_metrics_folder() -> None:
+    shutil.rmtree(_metrics_folder, ignore_errors=True)
+    os.makedirs(_metrics_folder, exist_ok=True)
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
 def on_starting(server: Any) -> None:
     global _local_model
+    _fresh_metrics_folder()
     if _provider_configured():
         return
     from service.config import LOCAL_MODEL_NAME
@@ -84,6 +118,11 @@ def on_starting(server: Any) -> None:
     server.log.info("Local model ready at %s", _local_model.base_url)
 
 
+def post_fork(server: Any, worker: Any) -> None:
+    """Before the worker loads the app: what the app logs while loading is in the chosen format too."""
+    configure_logging(log_format, loglevel)
+
+
 def post_worker_init(worker: Any) -> None:
     """The app is loaded in this worker: take its import-time objects out of the garbage collector's walks."""
     from service.heap import settle_heap
@@ -92,6 +131,8 @@ def post_worker_init(worker: Any) -> None:
 
 
 def on_exit(server: Any) -> None:
+    if _made_metrics_folder:
+        shutil.rmtree(_metrics_folder, ignore_errors=True)
     if _local_model is not None:
         server.log.info("Stopping the local model")
         _local_model.stop()

@@ -7,6 +7,7 @@ An app that mounts the gateway may name the user its own way instead (``user_loa
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import jwt
 from flask import g, request
@@ -15,6 +16,12 @@ from service.config import Settings
 from service.errors import Unauthorized
 
 LOCAL_USER = "local"
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    user_id: str
+    admin: bool = False  # may read every user's usage
 
 
 class Authenticator:
@@ -38,13 +45,18 @@ class Authenticator:
     def user_for(self, authorization: str | None) -> str:
         """The user id that the host app's ``user_loader`` names, or that the ``Authorization`` header's bearer
         token proves; else raise ``Unauthorized``."""
+        return self.identity_for(authorization).user_id
+
+    def identity_for(self, authorization: str | None) -> Identity:
+        """The user, and whether the token carries the admin claim (``ADMIN_CLAIM`` set to true). A host app's
+        users and the local user are never admins."""
         if self.user_loader is not None:
             user_id = self.user_loader()
             if not user_id:
                 raise Unauthorized("Sign in first.")
-            return str(user_id)
+            return Identity(str(user_id))
         if self.key is None:
-            return LOCAL_USER
+            return Identity(LOCAL_USER)
         scheme, _, token = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise Unauthorized("A bearer token is required.")
@@ -64,13 +76,17 @@ class Authenticator:
         subject = claims.get("sub")
         if not isinstance(subject, str) or not subject:
             raise Unauthorized("The token names no user.")
-        return subject
+        return Identity(subject, claims.get(self.settings.admin_claim) is True)
+
+
+def current_identity(auth: Authenticator) -> Identity:
+    """The request's identity, checked once per request and kept on ``g`` (the limiter asks too)."""
+    identity: Identity | None = g.get("identity")
+    if identity is None:
+        identity = auth.identity_for(request.headers.get("Authorization"))
+        g.identity = identity
+    return identity
 
 
 def current_user(auth: Authenticator) -> str:
-    """The request's user id, checked once per request and kept on ``g`` (the limiter asks too)."""
-    user_id: str | None = g.get("user_id")
-    if user_id is None:
-        user_id = auth.user_for(request.headers.get("Authorization"))
-        g.user_id = user_id
-    return user_id
+    return current_identity(auth).user_id

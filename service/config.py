@@ -56,6 +56,7 @@ class Settings:
     jwt_public_key: str | None = None
     jwt_audience: str | None = None
     jwt_issuer: str | None = None
+    admin_claim: str = "admin"  # a token whose claim of this name is true may read every user's usage
     max_message_chars: int = 8000
     max_body_bytes: int = 64 * 1024
     history_messages: int = 20
@@ -124,6 +125,7 @@ class Settings:
             jwt_public_key=reader.optional("JWT_PUBLIC_KEY"),
             jwt_audience=reader.optional("JWT_AUDIENCE"),
             jwt_issuer=reader.optional("JWT_ISSUER"),
+            admin_claim=reader.text("ADMIN_CLAIM", "admin"),
             max_message_chars=reader.integer("MAX_MESSAGE_CHARS", 8000, minimum=1),
             max_body_bytes=reader.integer("MAX_BODY_BYTES", 64 * 1024, minimum=256),
             history_messages=reader.integer("HISTORY_MESSAGES", 20, minimum=0),

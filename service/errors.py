@@ -7,6 +7,7 @@ ServiceError                      code                 status  (retryable once s
 │   ├── ContextTooLong            context_too_long     400
 │   ├── UnsafeInput               unsafe_input         400
 │   ├── Unauthorized              unauthorized         401
+│   ├── Forbidden                 forbidden            403
 │   ├── NotFound                  not_found            404
 │   ├── PayloadTooLarge           payload_too_large    413
 │   ├── UnsupportedMediaType      unsupported_media_type 415
@@ -88,6 +89,13 @@ class Unauthorized(RequestError):
     code, status, default_message = "unauthorized", 401, "A valid bearer token is required."
 
 
+class Forbidden(RequestError):
+    """Only for what a user may know exists but not read (another user's usage); a conversation or stream that
+    is not yours is ``NotFound``, never this."""
+
+    code, status, default_message = "forbidden", 403, "You may not read this."
+
+
 class NotFound(RequestError):
     code, status, default_message = "not_found", 404, "Not found."
 
@@ -107,10 +115,11 @@ class UnsupportedMediaType(RequestError):
 class RateLimited(RequestError):
     code, status, default_message = "rate_limited", 429, "Too many requests; try again later."
 
-    def __init__(self, message: str | None = None, retry_after: int = 1) -> None:
+    def __init__(self, message: str | None = None, retry_after: int = 1, limit: str = "rate") -> None:
         super().__init__(message, {"retryAfter": retry_after})
         self.retry_after = max(1, retry_after)
         self.headers = {"Retry-After": str(self.retry_after)}
+        self.limit = limit  # which one: rate, streams or budget (a metrics label, not sent)
 
 
 class UpstreamRejected(RequestError):

@@ -17,6 +17,7 @@ from service.relay.registry import StreamRegistry
 from service.relay.watchdog import Timing
 from service.store.conversations import ConversationStore
 from service.store.database import Database
+from service.store.usage import UsageStore
 
 KEY = "chat_gateway"
 
@@ -26,6 +27,7 @@ class Services:
     settings: Settings
     database: Database
     conversations: ConversationStore
+    usage: UsageStore
     chat: ChatService
     streams: StreamRegistry
     auth: Authenticator

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from flask import Flask
 
-from service.api import chat, conversations, health, pages
+from service.api import chat, conversations, health, pages, usage
 from service.api.errors import register_error_handlers
 from service.auth import Authenticator
 from service.chat.context import ContextBuilder
@@ -42,6 +42,8 @@ from service.relay.watchdog import Timing
 from service.store.conversations import ConversationStore
 from service.store.database import Database
 from service.store.journal import SaveJournal, default_folder
+from service.store.usage import UsageStore
+from service.tracing import start_tracing
 
 log = logging.getLogger(__name__)
 UserLoader = Callable[[], "str | None"]
@@ -83,6 +85,7 @@ class ChatGateway:
             log.error(ONE_AT_A_TIME)
         else:
             drain_on_sigterm(found.streams, settings.drain_seconds)
+            found.metrics.start_sampling()
             if found.shared is not None:
                 found.shared.listen_for_cancels(CancelRelay(found.streams))
                 LeaseKeeper(found.shared, found.streams, found.conversations).start()
@@ -91,6 +94,7 @@ class ChatGateway:
         prefix = url_prefix.rstrip("/")
         app.register_blueprint(chat.bp, url_prefix=prefix + API_PREFIX)
         app.register_blueprint(conversations.bp, url_prefix=prefix + API_PREFIX + "/conversations")
+        app.register_blueprint(usage.bp, url_prefix=prefix + API_PREFIX + "/usage")
         app.register_blueprint(health.bp, url_prefix=prefix or None)
         if standalone:
             app.register_blueprint(pages.bp)
@@ -106,6 +110,7 @@ def build_services(settings: Settings, user_loader: UserLoader | None = None) ->
     journal = SaveJournal(folder, settings.database_url, database.cooperative)
     store = ConversationStore(database, journal, settings.save_timeout_seconds)
     auth = Authenticator(settings, user_loader)
+    start_tracing()  # only with OTEL_EXPORTER_OTLP_ENDPOINT (or ..._TRACES_ENDPOINT) set
     limits_uri = settings.ratelimit_storage_uri
     health = RedisHealth(
         settings.redis_url or (limits_uri if limits_uri.startswith("redis") else None), settings.redis_outage_policy
@@ -116,6 +121,7 @@ def build_services(settings: Settings, user_loader: UserLoader | None = None) ->
         settings=settings,
         database=database,
         conversations=store,
+        usage=UsageStore(database),
         chat=ChatService(settings, StreamingService(*build_clients(settings)), store, _context_builder(settings)),
         streams=StreamRegistry(),
         auth=auth,
@@ -149,7 +155,8 @@ def _register_gauges(found: Services) -> None:
     metrics.add_process_gauges()
     metrics.gauge("chat_streams_open", "Streams being generated now.", lambda: float(len(found.streams.running())))
     metrics.gauge("chat_stream_slots_held", "Per-user open-stream slots held.", lambda: float(found.slots.open_count()))
-    metrics.gauge("chat_redis_up", "1 while Redis answers this worker, else 0.", lambda: float(found.redis_health.up))
+    redis_up = "1 while Redis answers every worker, else 0."
+    metrics.gauge("chat_redis_up", redis_up, lambda: float(found.redis_health.up), mode="livemin")
     metrics.gauge("chat_db_sessions_open", "Database sessions open now.", lambda: float(found.database.active_units))
     clients = [sdk._client for sdk in found.chat.streaming.clients]
     metrics.gauge(

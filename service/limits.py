@@ -291,7 +291,7 @@ class TokenBudget:
             stats = self.local.get_window_stats(self.item, "tokens", user_id)
         reset_at, remaining = stats
         if remaining <= 0:
-            raise RateLimited("Your token budget is spent.", retry_after=int(reset_at - time.time()) + 1)
+            raise RateLimited("Your token budget is spent.", int(reset_at - time.time()) + 1, "budget")
         return int(remaining)
 
     def spend(self, user_id: str, cost: int) -> bool:

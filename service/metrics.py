@@ -1,14 +1,31 @@
-"""Prometheus metrics. Nothing here runs per token: streams report once, at their end; gauges are
-computed when scraped. Each app has its own registry (tests build many apps in one process)."""
+"""Prometheus metrics. Nothing here runs per token: a stream reports when it starts, when its first token is
+written and when it ends; gauges are sampled once a second and when scraped. No user ids or text in labels: the
+model, an outcome code, a limit's name. Each app has its own registry (tests build many apps in one process)."""
 
 from __future__ import annotations
 
 import gc
 import os
-from collections.abc import Callable
-from typing import Any
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
+import gevent
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from service.chat.stream import ChatStream
+
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
+SAMPLE_SECONDS = 1.0
+DURATION_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)
+FIRST_TOKEN_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30)
+RELAY_DELAY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
+RATE_BUCKETS = (1, 5, 10, 20, 50, 100, 200, 500, 1000)
+UPSTREAM_OUTCOMES = frozenset({"upstream_error", "idle_timeout"})  # a provider failing mid-stream
 
 
 def _count_loop_watchers() -> float:
@@ -43,43 +60,132 @@ def upstream_connections_in_use(client: Any) -> float:
     return float(sum(1 for item in _pool_connections(client) if not item.is_idle() and not item.is_closed()))
 
 
-class Metrics:
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.streams_started = Counter("chat_streams_started", "Streams started.", registry=self.registry)
-        self.streams_ended = Counter(
-            "chat_streams_ended", "Streams ended, by outcome code.", ["outcome"], registry=self.registry
-        )
-        self.tokens = Counter("chat_tokens_relayed", "Token events relayed.", registry=self.registry)
-        self.stream_seconds = Histogram(
-            "chat_stream_seconds",
-            "Whole-stream duration.",
-            buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300),
-            registry=self.registry,
-        )
+class WorkerGauges(Collector):
+    """Gauges of the one worker process answering the scrape (its fds, its event loop), read when scraped. A
+    collector of its own rather than ``Gauge`` objects: in multiprocess mode those would also leave a file per
+    process, and the name would appear twice."""
 
-    def gauge(self, name: str, documentation: str, read: Callable[[], float]) -> None:
-        Gauge(name, documentation, registry=self.registry).set_function(read)
+    def __init__(self) -> None:
+        self.readers: list[tuple[str, str, Callable[[], float]]] = []
+        self.infos: list[tuple[str, str, dict[str, str]]] = []
+
+    def collect(self) -> Iterator[Metric]:
+        for name, documentation, read in self.readers:
+            yield GaugeMetricFamily(name, documentation, value=read())
+        for name, documentation, labels in self.infos:
+            yield InfoMetricFamily(name, documentation, value=labels)
+
+
+class Metrics:
+    """Under gunicorn (``PROMETHEUS_MULTIPROC_DIR``, set by gunicorn.conf.py) counters, histograms and the stream
+    gauges live in files shared by every worker of the host, so a scrape of any worker describes them all; the
+    ``chat_process_*`` gauges describe the worker that answered. Elsewhere (tests, a mounted app under another
+    server) everything is this process's own."""
+
+    def __init__(self) -> None:
+        self.multiprocess = MULTIPROCESS_DIR in os.environ
+        self.registry = CollectorRegistry()
+        shared = None if self.multiprocess else self.registry  # multiprocess values are read from the files
+        if self.multiprocess:
+            MultiProcessCollector(self.registry)  # type: ignore[no-untyped-call]
+        by_model = ["model"]
+        self.streams_started = Counter("chat_streams_started", "Streams started.", by_model, registry=shared)
+        self.streams_ended = Counter(
+            "chat_streams_ended", "Streams ended, by outcome code.", ["outcome", "model"], registry=shared
+        )
+        self.tokens = Counter("chat_tokens_relayed", "Token events relayed.", by_model, registry=shared)
+        self.upstream_errors = Counter(
+            "chat_upstream_errors", "Provider failures, by the error code they became.", ["kind"], registry=shared
+        )
+        self.refusals = Counter("chat_refusals", "Requests refused by a limit, by limit.", ["limit"], registry=shared)
+        self.stream_seconds = Histogram(
+            "chat_stream_seconds", "Whole-stream duration.", by_model, buckets=DURATION_BUCKETS, registry=shared
+        )
+        self.first_token_seconds = Histogram(
+            "chat_time_to_first_token_seconds",
+            "Request received to the provider's first token.",
+            by_model,
+            buckets=FIRST_TOKEN_BUCKETS,
+            registry=shared,
+        )
+        self.relay_delay_seconds = Histogram(
+            "chat_relay_first_token_delay_seconds",
+            "The relay's own delay before the first token: written to the client minus read from the provider.",
+            by_model,
+            buckets=RELAY_DELAY_BUCKETS,
+            registry=shared,
+        )
+        self.tokens_per_second = Histogram(
+            "chat_tokens_per_second",
+            "Tokens a second from the first token to the end of the stream.",
+            by_model,
+            buckets=RATE_BUCKETS,
+            registry=shared,
+        )
+        self.sampled: list[tuple[Gauge, Callable[[], float]]] = []
+        self.worker = WorkerGauges()
+        self.registry.register(self.worker)
+
+    def gauge(self, name: str, documentation: str, read: Callable[[], float], mode: str = "livesum") -> None:
+        """A gauge of the whole host: each worker's ``read()`` is sampled (every second, and when it answers a
+        scrape) and the workers' values are combined by ``mode`` (``livesum``, ``livemin``...)."""
+        gauge = Gauge(
+            name,
+            documentation,
+            registry=None if self.multiprocess else self.registry,
+            multiprocess_mode=mode,  # type: ignore[arg-type]
+        )
+        self.sampled.append((gauge, read))
+
+    def sample(self) -> None:
+        for gauge, read in self.sampled:
+            gauge.set(read())
+
+    def start_sampling(self) -> gevent.Greenlet[[], None] | None:
+        """Under gunicorn, keep this worker's share of the host gauges fresh for scrapes answered by the others."""
+        if not self.multiprocess:
+            return None
+
+        def loop() -> None:
+            while True:
+                gevent.sleep(SAMPLE_SECONDS)
+                self.sample()
+
+        return gevent.spawn(loop)
 
     def add_process_gauges(self) -> None:
+        worker = self.worker
         watchers = "Active watchers (connections, timers, waits) of this worker's event loop."
-        self.gauge("chat_process_event_loop_watchers", watchers, _count_loop_watchers)
-        self.gauge("chat_process_open_fds", "Open file descriptors of this worker.", _count_fds)
+        worker.readers.append(("chat_process_event_loop_watchers", watchers, _count_loop_watchers))
+        worker.readers.append(("chat_process_open_fds", "Open file descriptors of this worker.", _count_fds))
         frozen = "Objects frozen out of the garbage collector's walks at worker start (service/heap.py)."
-        self.gauge("chat_process_gc_frozen_objects", frozen, lambda: float(gc.get_freeze_count()))
-        resolver = Info(
-            "chat_process_resolver",
-            "gevent's name resolver in this worker (gunicorn.conf.py picks c-ares).",
-            registry=self.registry,
-        )
-        resolver.info({"resolver": _resolver_name()})
+        worker.readers.append(("chat_process_gc_frozen_objects", frozen, lambda: float(gc.get_freeze_count())))
+        resolver = "gevent's name resolver in this worker (gunicorn.conf.py picks c-ares)."
+        worker.infos.append(("chat_process_resolver", resolver, {"resolver": _resolver_name()}))
 
-    def stream_ended(self, outcome: str, tokens: int, seconds: float) -> None:
-        self.streams_ended.labels(outcome).inc()
-        self.tokens.inc(tokens)
-        self.stream_seconds.observe(seconds)
+    def stream_started(self, model: str) -> None:
+        self.streams_started.labels(model).inc()
+
+    def stream_ended(self, chat: ChatStream, seconds: float) -> None:
+        """Once per stream, at its end."""
+        model, outcome, tokens = chat.metadata.model, chat.outcome, chat.tokens_relayed
+        self.streams_ended.labels(outcome, model).inc()
+        self.tokens.labels(model).inc(tokens)
+        self.stream_seconds.labels(model).observe(seconds)
+        if outcome in UPSTREAM_OUTCOMES:
+            self.upstream_errors.labels(outcome).inc()
+        ttft = chat.ttft_ms
+        if ttft is not None:
+            self.first_token_seconds.labels(model).observe(ttft / 1000)
+            generating = seconds - ttft / 1000
+            if tokens and generating > 0:
+                self.tokens_per_second.labels(model).observe(tokens / generating)
+
+    def first_token_written(self, chat: ChatStream) -> None:
+        self.relay_delay_seconds.labels(chat.metadata.model).observe(time.monotonic() - chat.first_token_at)
 
     def render(self) -> bytes:
+        self.sample()
         return generate_latest(self.registry)
 
 

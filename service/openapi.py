@@ -12,12 +12,13 @@ from service import schemas
 _ERRORS = {
     "400": "validation_error, unsafe_input or context_too_long",
     "401": "unauthorized",
+    "403": "forbidden",
     "404": "not_found",
     "413": "payload_too_large",
     "415": "unsupported_media_type",
     "429": "rate_limited (see Retry-After)",
     "502": "upstream_rejected (the provider refused the request itself; not retryable)",
-    "503": "upstream_unavailable",
+    "503": "upstream_unavailable, database_unavailable or shared_state_unavailable (see Retry-After)",
 }
 _EVENT_STREAM = {
     "description": "Server-Sent Events: metadata, token…, then one done or error (docs/protocol.md). "
@@ -59,6 +60,7 @@ def build_spec() -> dict[str, Any]:
         "Conversation": schemas.ConversationSchema,
         "ConversationDetail": schemas.ConversationDetailSchema,
         "ConversationList": schemas.ConversationListSchema,
+        "UsageReport": schemas.UsageReportSchema,
     }.items():
         spec.components.schema(name, schema=schema)
     body = {"required": True, "content": {"application/json": {"schema": "ChatRequest"}}}
@@ -94,6 +96,21 @@ def build_spec() -> dict[str, Any]:
                 "The caller's conversations, newest first",
                 {"200": _json("conversations", "ConversationList"), **_errors("400", "401")},
                 parameters=page,
+            ),
+        },
+        "/api/v1/ai/usage": {
+            "get": _secured(
+                "The caller's token usage (an admin's: any user's, or every user's with user=*)",
+                {"200": _json("totals by day or by model", "UsageReport"), **_errors("400", "401", "403")},
+                parameters=[
+                    {"name": name, "in": "query", "schema": {"type": "string"}, "description": description}
+                    for name, description in (
+                        ("from", "ISO date or date-time, inclusive (default: 30 days before `to`)"),
+                        ("to", "ISO date (inclusive) or date-time (exclusive); default now"),
+                        ("groupBy", "day (UTC) or model; default day"),
+                        ("user", "admins only: a user id, or * for every user"),
+                    )
+                ],
             ),
         },
         "/api/v1/ai/conversations/{conversationId}": {

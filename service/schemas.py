@@ -3,10 +3,13 @@ JSON responses are dumped through them (from the store's rows and the chat's res
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from marshmallow import RAISE, Schema, fields, post_dump, validate
+from marshmallow import RAISE, Schema, ValidationError, fields, post_dump, post_load, pre_load, validate
+
+DEFAULT_USAGE_DAYS = 30
+MAX_USAGE_DAYS = 400
 
 
 class UtcDateTime(fields.DateTime):
@@ -93,6 +96,81 @@ class PageQuerySchema(Schema):
 
     limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=200))
     offset = fields.Integer(load_default=0, validate=validate.Range(min=0))
+
+
+class Instant(fields.Field[datetime]):
+    """An ISO 8601 date or date-time; a date is midnight UTC, a time without an offset is UTC. Loads an aware
+    datetime, and remembers whether only a date was given (``.date_only``)."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> datetime:
+        if not isinstance(value, str):
+            raise ValidationError("Not a date or date-time.")
+        try:
+            if len(value) == 10:
+                return datetime.fromisoformat(value).replace(tzinfo=UTC)
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise ValidationError("Not an ISO 8601 date (2026-12-06) or date-time (2026-12-06T10:00:00Z).") from None
+        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+class UsageQuerySchema(Schema):
+    """``from`` (inclusive) and ``to`` (exclusive; a date alone means to the end of that day), by default the last
+    30 days; ``groupBy`` day or model; ``user``: another user's id, or ``*`` for everyone (admins only)."""
+
+    class Meta:
+        unknown = RAISE
+
+    start = Instant(data_key="from", load_default=None)
+    end = Instant(data_key="to", load_default=None)
+    group_by = fields.String(data_key="groupBy", load_default="day", validate=validate.OneOf(["day", "model"]))
+    user = fields.String(load_default=None, validate=validate.Length(min=1, max=255))
+
+    @pre_load
+    def _whole_last_day(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        """``to=2026-12-06`` includes the 6th: it is read as the 7th at midnight."""
+        end = data.get("to")
+        if isinstance(end, str) and len(end) == 10:
+            try:
+                return {**data, "to": (date.fromisoformat(end) + timedelta(days=1)).isoformat()}
+            except ValueError:
+                pass  # the field names the mistake
+        return data
+
+    @post_load
+    def _range(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        end = data["end"] or datetime.now(UTC)
+        start = data["start"] or end - timedelta(days=DEFAULT_USAGE_DAYS)
+        if start >= end:
+            raise ValidationError("Must be before `to`.", "from")
+        if end - start > timedelta(days=MAX_USAGE_DAYS):
+            raise ValidationError(f"The range may span at most {MAX_USAGE_DAYS} days.", "to")
+        return {**data, "start": start, "end": end}
+
+
+class TokenTotalsSchema(Schema):
+    replies = fields.Integer()
+    prompt_tokens = fields.Integer(data_key="promptTokens")
+    completion_tokens = fields.Integer(data_key="completionTokens")
+    total_tokens = fields.Integer(data_key="totalTokens")
+    estimated_replies = fields.Integer(
+        data_key="estimatedReplies", metadata={"description": "Replies counted by the service: no provider usage."}
+    )
+
+
+class UsageGroupSchema(Schema):
+    group = fields.String(metadata={"description": "The UTC day (YYYY-MM-DD) or the model."})
+    streaming = fields.Nested(TokenTotalsSchema)
+    non_streaming = fields.Nested(TokenTotalsSchema, data_key="nonStreaming")
+
+
+class UsageReportSchema(Schema):
+    start = UtcDateTime(data_key="from")
+    end = UtcDateTime(data_key="to")
+    group_by = fields.String(data_key="groupBy")
+    user = fields.String(metadata={"description": "The user whose usage this is, or * for every user."})
+    groups = fields.List(fields.Nested(UsageGroupSchema))
+    total = fields.Nested(UsageGroupSchema)
 
 
 def load(schema: Schema, data: Any) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from tests.conftest import ServerFactory
 from tests.fake_upstream import WORDS
 from tests.own_redis import OwnRedis
 from tests.servers import GunicornServer
+from tests.test_metrics_host import scrape, value
 
 STREAM = "/api/v1/ai/chat/stream"
 SECRET = "redis-outage-secret-that-is-long-enough"
@@ -136,9 +137,9 @@ def test_streams_finish_through_a_redis_outage_and_the_counts_are_mended_after(
     assert log.count("Redis is unavailable") == 1, log[-3000:]  # once per change of state, one worker
     assert log.count("Redis is back") == 1, log[-3000:]
     assert "Traceback" not in log, log[-3000:]
-    metrics = httpx.get(server.url + "/metrics").text
-    assert "chat_redis_up 1.0" in metrics
-    assert 'chat_streams_ended_total{outcome="done"} 12.0' in metrics  # none of the cut-off kind went missing
+    metrics = scrape(server)
+    assert value(metrics, "chat_redis_up") == 1
+    assert value(metrics, "chat_streams_ended_total", outcome="done", model="test-model") == 12  # none went missing
 
 
 def test_the_refuse_policy_pauses_new_requests_while_running_ones_finish(

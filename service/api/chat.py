@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections.abc import Callable, Iterable
@@ -11,18 +12,30 @@ from flask import Blueprint, Response, request
 
 from service.api.errors import attach_error_handlers
 from service.api.request_body import json_body
+from service.api.request_id import attach_request_ids, request_id
 from service.auth import current_user
 from service.chat.stream import ChatRequest, ChatStream
-from service.errors import Cancelled, InvalidRequest, NotFound, RateLimited
+from service.errors import (
+    Cancelled,
+    InvalidRequest,
+    NotFound,
+    RateLimited,
+    ServiceError,
+    UpstreamRejected,
+    UpstreamUnavailable,
+)
 from service.extensions import Services, services
 from service.metrics import Metrics
 from service.relay.live import LiveStream
 from service.relay.sse import STREAM_HEADERS
 from service.relay.watchdog import Watchdog
 from service.schemas import ChatRequestSchema, ChatResponseSchema, load
+from service.tracing import RequestTrace, tracer
 
+replies = logging.getLogger("service.replies")
 bp = Blueprint("chat", __name__, url_prefix="/api/v1/ai")
 attach_error_handlers(bp)
+attach_request_ids(bp)
 _schema = ChatRequestSchema()
 _reply = ChatResponseSchema()
 _LAST_EVENT_ID = re.compile(r"^(?P<stream>[0-9a-f]{32}):(?P<sequence>\d{1,9})$")
@@ -36,7 +49,16 @@ def _chat_request(found: Services, user_id: str) -> ChatRequest:
             "That model is not available.", {"model": [f"must be one of {list(found.settings.allowed_models)}"]}
         )
     conversation = body["conversationId"]
-    return ChatRequest(user_id, body["message"], str(conversation) if conversation else None, model)
+    conversation_id = str(conversation) if conversation else None
+    return ChatRequest(user_id, body["message"], conversation_id, model, request_id(), trace=_trace())
+
+
+def _trace() -> RequestTrace | None:
+    """A trace of this request when tracing is configured (``service.tracing``); else nothing at all."""
+    found = tracer()
+    if found is None:
+        return None
+    return RequestTrace(found, f"{request.method} {request.path}", {"http.request_id": request_id()})
 
 
 class _StreamEnded:
@@ -51,25 +73,67 @@ class _StreamEnded:
 
     def __call__(self, chat: ChatStream) -> None:
         self.release()
-        self.metrics.stream_ended(chat.outcome, chat.tokens_relayed, time.monotonic() - chat.started)
+        seconds = time.monotonic() - chat.started
+        self.metrics.stream_ended(chat, seconds)
+        log_reply(chat, seconds)
+        trace = chat.request.trace
+        if trace is not None:
+            attributes = {"chat.model": chat.metadata.model, "chat.tokens": chat.tokens_relayed}
+            trace.end(chat.outcome, chat.first_token_at, **attributes)
+
+
+def log_reply(chat: ChatStream, seconds: float) -> None:
+    """One line per finished reply: ids, counts and timings, never its text."""
+    if not replies.isEnabledFor(logging.INFO):
+        return
+    metadata, ttft = chat.metadata, chat.ttft_ms
+    tokens = chat.tokens_relayed
+    generating = seconds - ttft / 1000 if ttft is not None else 0.0
+    fields = {
+        "request_id": chat.request.request_id,
+        "user_id": chat.request.user_id,
+        "conversation_id": metadata.conversation_id,
+        "stream_id": metadata.stream_id,
+        "model": metadata.model,
+        "streamed": chat.streamed,
+        "outcome": chat.outcome,
+        "ttft_ms": ttft,
+        "tokens": tokens,
+        "tokens_per_second": round(tokens / generating, 1) if tokens and generating > 0 else None,
+        "duration_ms": round(seconds * 1000, 1),
+    }
+    replies.info("reply ended %s", " ".join(f"{name}={value}" for name, value in fields.items()), extra=fields)
 
 
 def _open(found: Services, user_id: str) -> ChatStream:
     """Guards, then the service: budget and the open-stream cap are checked before any upstream call."""
     request_ = _chat_request(found, user_id)
+    try:
+        return _guarded_open(found, user_id, request_)
+    except ServiceError as refused:
+        if request_.trace is not None:
+            request_.trace.end(refused.code)
+        raise
+
+
+def _guarded_open(found: Services, user_id: str, request_: ChatRequest) -> ChatStream:
     remaining_tokens = found.budget.check(user_id)
     release = found.slots.acquire(user_id)
     if release is None:
         limit = found.settings.max_streams_per_user
-        raise RateLimited(f"You already have {limit} streams open; wait for one to finish.", retry_after=2)
+        raise RateLimited(f"You already have {limit} streams open; wait for one to finish.", 2, "streams")
 
     ended = _StreamEnded(release, found.metrics)
     try:
         chat = found.chat.open_stream(request_, meter=found.budget.meter(user_id, remaining_tokens), on_end=ended)
+    except (UpstreamUnavailable, UpstreamRejected) as error:
+        release()
+        found.metrics.upstream_errors.labels(error.code).inc()
+        raise
     except BaseException:
         release()
         raise
-    found.metrics.streams_started.inc()
+    found.metrics.stream_started(chat.metadata.model)
     return chat
 
 
@@ -87,7 +151,9 @@ def chat_stream() -> Response:
     user_id = current_user(found.auth)
     chat = _open(found, user_id)
     mirror = found.shared.mirror(chat) if found.shared else None
-    live = LiveStream(chat, mirror, found.timing.resume_grace)  # runs in this greenlet, as gunicorn iterates it
+    live = LiveStream(
+        chat, mirror, found.timing.resume_grace, found.metrics.first_token_written
+    )  # runs in this greenlet, as gunicorn iterates it
     found.streams.add(live)
     watchdog = Watchdog(live, found.timing, request.environ.get("gunicorn.socket"))
     return _event_stream(live.owner_body(watchdog.release_client))

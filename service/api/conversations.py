@@ -8,6 +8,7 @@ from typing import Any
 from flask import Blueprint, request
 
 from service.api.errors import attach_error_handlers
+from service.api.request_id import attach_request_ids
 from service.auth import current_user
 from service.errors import NotFound
 from service.extensions import services
@@ -15,6 +16,7 @@ from service.schemas import ConversationDetailSchema, ConversationListSchema, Pa
 
 bp = Blueprint("conversations", __name__, url_prefix="/api/v1/ai/conversations")
 attach_error_handlers(bp)
+attach_request_ids(bp)
 _page = PageQuerySchema()
 _listing = ConversationListSchema()
 _detail = ConversationDetailSchema()

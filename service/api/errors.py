@@ -12,10 +12,12 @@ from service.errors import (
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
+    RateLimited,
     RequestError,
     ServiceError,
     UnsupportedMediaType,
 )
+from service.extensions import services
 
 log = logging.getLogger(__name__)
 _HTTP_ERRORS: dict[int, type[RequestError]] = {
@@ -28,6 +30,8 @@ _HTTP_ERRORS: dict[int, type[RequestError]] = {
 
 
 def error_response(error: ServiceError) -> Response:
+    if isinstance(error, RateLimited):
+        services().metrics.refusals.labels(error.limit).inc()
     response = jsonify(error.to_dict())
     response.status_code = error.status
     if isinstance(error, RequestError):

@@ -8,12 +8,14 @@ import httpx2
 from flask import Blueprint, Response
 
 from service.api.errors import attach_error_handlers
+from service.api.request_id import attach_request_ids
 from service.extensions import services
 from service.llm.providers import server_root
 from service.openapi import build_spec
 
 bp = Blueprint("health", __name__)
 attach_error_handlers(bp)
+attach_request_ids(bp)
 
 
 @bp.get("/healthz")

@@ -37,6 +37,7 @@ class Metadata:
     message_id: str
     model: str
     omitted_turns: int = 0  # earlier messages left out of the model's context to fit its window
+    request_id: str | None = None  # X-Request-ID: the same id is in every log line about this request
 
     def payload(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -48,6 +49,8 @@ class Metadata:
         }
         if self.omitted_turns:
             body["omittedTurns"] = self.omitted_turns
+        if self.request_id:
+            body["requestId"] = self.request_id
         return body
 
 

@@ -6,6 +6,7 @@ the exchange once.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import uuid
 from collections.abc import Callable
@@ -53,8 +54,13 @@ class ChatService:
         """Check, build context and open the upstream; every refusal is raised before any byte is sent."""
         settings = self.settings
         moderators = [self.streaming.moderate] if settings.moderation else []
+        trace = request.trace
+        if trace is not None:
+            trace.mark("safety")
         message = checked_message(request.message, settings.max_message_chars, settings.blocked_terms, moderators)
-        request = ChatRequest(request.user_id, message, request.conversation_id, request.model)
+        if trace is not None:
+            trace.mark("safety_end")
+        request = dataclasses.replace(request, message=message)
         history: list[tuple[str, str]] = []
         conversation_id = request.conversation_id
         if conversation_id is None:
@@ -65,18 +71,24 @@ class ChatService:
                 raise NotFound("No such conversation.")
             history = found
         model = request.model or settings.chat_model
-        context, upstream = self._open_upstream(model, history, message)
-        metadata = Metadata(uuid.uuid4().hex, conversation_id, str(uuid.uuid4()), model, context.omitted)
+        if trace is not None:
+            trace.mark("provider")
+        context, upstream = self._open_upstream(model, history, message, request.request_id)
+        metadata = Metadata(
+            uuid.uuid4().hex, conversation_id, str(uuid.uuid4()), model, context.omitted, request.request_id
+        )
         return ChatStream(metadata, request, upstream, self.store, context.prompt_tokens, meter, on_end)
 
     def _open_upstream(
-        self, model: str, history: list[tuple[str, str]], message: str
+        self, model: str, history: list[tuple[str, str]], message: str, request_id: str | None
     ) -> tuple[Context, UpstreamStream]:
         """Fit the context to the model's window and open the stream. A provider that still finds it too long
         (it counts with its own tokenizer) gets one more try with half the history kept, then the user is told."""
         context = self.context.build(model, history, message)
         try:
-            return context, self.streaming.open(CompletionRequest(model, context.messages, self.settings.max_tokens))
+            return context, self.streaming.open(
+                CompletionRequest(model, context.messages, self.settings.max_tokens, request_id)
+            )
         except ContextTooLong as refused:
             if refused.window:
                 self.context.learn(model, refused.window)
@@ -84,11 +96,14 @@ class ChatService:
                 raise ContextTooLong() from None
             log.info("model %s refused %d history messages as too long; retrying with fewer", model, context.kept)
         context = self.context.build(model, history, message, keep_at_most=context.kept // 2)
-        return context, self.streaming.open(CompletionRequest(model, context.messages, self.settings.max_tokens))
+        return context, self.streaming.open(
+            CompletionRequest(model, context.messages, self.settings.max_tokens, request_id)
+        )
 
     def chat(self, stream: ChatStream) -> ChatResult:
         """Run a stream to its end and answer as one whole reply (the non-streaming fallback)."""
         final: Event | None = None
+        stream.streamed = False
         for events in stream.events():
             if events:
                 final = events[-1]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from service.chat.events import Done, Error, Event, Metadata, Token, Usage
@@ -18,6 +18,7 @@ from service.chat.reply import ReplyParts
 from service.errors import Cancelled, InternalError, ServiceError, StreamError
 from service.llm.streaming import UpstreamStream
 from service.store.conversations import ConversationStore, ExchangeRecord
+from service.tracing import RequestTrace
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,9 @@ class ChatRequest:
     message: str
     conversation_id: str | None = None
     model: str | None = None
+    request_id: str | None = None
+    received_at: float = field(default_factory=time.monotonic)  # the clock of time to first token and duration
+    trace: RequestTrace | None = None  # only when tracing is configured
 
 
 class ChatStream:
@@ -69,7 +73,9 @@ class ChatStream:
         self.finished = False
         self.final_event: Done | Error | None = None
         self.outcome = ""
-        self.started = time.monotonic()
+        self.started = request.received_at
+        self.first_token_at = 0.0  # when the provider's first token was read; 0 until then
+        self.streamed = True  # False when the non-streaming endpoint runs it to its end
 
     def events(self) -> Generator[list[Event], None, None]:
         """The metadata with any tokens that came in with the upstream's headers (one write, not two), each
@@ -83,6 +89,8 @@ class ChatStream:
                 texts = next_batch(wait=False)  # never waits: the metadata does not wait for the model
                 while texts is not None:
                     if texts:
+                        if not self.first_token_at:
+                            self.first_token_at = time.monotonic()
                         if self.meter is not None:
                             self.meter.add(len(texts))  # before the batch is shown, so saved == seen
                         self.parts.extend(texts)
@@ -110,6 +118,7 @@ class ChatStream:
     def finish(self, error: ServiceError | None) -> Done | Error:
         """Close the upstream, save the exchange once, and return the stream's last event."""
         self.upstream.close()
+        trace = self.request.trace
         usage = self.usage()
         final: Done | Error
         if error is None:
@@ -122,7 +131,12 @@ class ChatStream:
             self.final_event = final
             self.outcome = "done" if error is None else error.code
             try:
+                if trace is not None:
+                    trace.mark("provider_end")
+                    trace.mark("save")
                 self.save(error is None, usage)
+                if trace is not None:
+                    trace.mark("save_end")
             finally:
                 if self.on_end is not None:
                     self.on_end(self)
@@ -155,6 +169,11 @@ class ChatStream:
         self.upstream.timed_reads = False
 
     @property
+    def ttft_ms(self) -> float | None:
+        """Request received to the provider's first token, or None when none came."""
+        return round((self.first_token_at - self.started) * 1000, 1) if self.first_token_at else None
+
+    @property
     def tokens_relayed(self) -> int:
         return self.upstream.deltas
 
@@ -178,6 +197,11 @@ class ChatStream:
                     prompt_tokens=usage.prompt_tokens,
                     completion_tokens=usage.completion_tokens,
                     new_conversation=self.request.conversation_id is None,
+                    streamed=self.streamed,
+                    estimated=usage.estimated,
+                    ttft_ms=self.ttft_ms,
+                    duration_ms=round((time.monotonic() - self.started) * 1000, 1),
+                    outcome=self.outcome,
                 )
             )
         except Exception:

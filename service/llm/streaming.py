@@ -31,6 +31,7 @@ class CompletionRequest:
     model: str
     messages: list[dict[str, str]]
     max_tokens: int | None = None
+    request_id: str | None = None  # sent on as X-Request-ID, so the provider's logs name the same request
 
 
 class UpstreamStream:
@@ -217,6 +218,7 @@ class StreamingService:
                 "/chat/completions",
                 cast_to=httpx2.Response,
                 body=body,
+                options={"headers": {"X-Request-ID": request.request_id}} if request.request_id else {},
                 stream=True,
                 stream_cls=openai.Stream[ChatCompletionChunk],
             )

@@ -120,5 +120,8 @@ def _save(store: ConversationStore, turn: dict[str, str], reply: str, tokens: in
             prompt_tokens=None,
             completion_tokens=tokens,
             new_conversation=turn["new"] == "1",
+            estimated=True,
+            duration_ms=round((time.time() - float(turn.get("started", time.time()))) * 1000, 1),
+            outcome=ServerShutdown.code,
         )
     )

@@ -43,8 +43,15 @@ class LiveStream:
     Build it in the greenlet that will iterate ``owner_body()``: that greenlet runs the stream.
     """
 
-    def __init__(self, chat: ChatStream, mirror: StreamMirror | None = None, resume_grace: float = 0.0) -> None:
+    def __init__(
+        self,
+        chat: ChatStream,
+        mirror: StreamMirror | None = None,
+        resume_grace: float = 0.0,
+        on_first_token: Callable[[ChatStream], None] | None = None,
+    ) -> None:
         self.chat = chat
+        self.on_first_token = on_first_token  # told once, when the first token has been written to the client
         self.resume_grace = resume_grace
         self.owner_gone = False  # the POST's client left without a cancel; generation goes on for a resume
         self.unread_since: float | None = None  # since when nobody reads a stream whose owner is gone
@@ -68,6 +75,7 @@ class LiveStream:
         """The owner's body: the ``retry`` field, each batch as it is ready, ``: ping`` while the model is silent."""
         events = self.chat.events()
         head = retry_field()  # goes out with the first batch (the metadata): one write, not two
+        first_unwritten = True
         try:
             for batch in events:
                 if batch:
@@ -79,6 +87,10 @@ class LiveStream:
                     data, head = head + data, b""
                 yield data
                 del batch, data  # not kept alive while the stream waits for its next read
+                if first_unwritten and self.chat.first_token_at:  # gunicorn has written it: it asked for more
+                    first_unwritten = False
+                    if self.on_first_token is not None:
+                        self.on_first_token(self.chat)
         finally:
             events.close()  # a stream cut short is finished here: upstream closed, partial reply saved
             self.end()

@@ -45,6 +45,7 @@ def turn_of(chat: ChatStream) -> dict[str, str]:
         "message_id": metadata.message_id,
         "model": metadata.model,
         "new": "0" if chat.request.conversation_id else "1",
+        "started": repr(time.time() - (time.monotonic() - chat.started)),  # wall clock: another host reads it
     }
 
 

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from service.errors import DatabaseUnavailable
 from service.store.database import Database
 from service.store.group_commit import GroupCommit, WriteTimedOut
-from service.store.models import Conversation, Message, utcnow
+from service.store.models import Conversation, Message, Usage, utcnow
 
 if TYPE_CHECKING:
     from service.store.journal import SaveJournal
@@ -31,6 +31,7 @@ _LAST_POSITION = select(func.coalesce(func.max(messages.c.position), -1)).where(
 )
 _CREATE = insert(conversations)
 _ADD_MESSAGES = insert(messages)
+_ADD_USAGE = insert(cast(Table, Usage.__table__))
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,32 @@ class ExchangeRecord:
     completion_tokens: int | None
     new_conversation: bool = False  # its id was made for this exchange: nothing to look up first
     ended_at: datetime | None = None  # None: now; a save written late (from the journal) keeps its own time
+    # the usage record written with it (``usage`` table)
+    streamed: bool = True
+    estimated: bool = False  # the token counts are the service's, the provider sent none
+    ttft_ms: float | None = None  # request received to first token; None when no token came
+    duration_ms: float = 0.0
+    outcome: str = "done"  # or the error code the reply ended with
+
+    def usage_row(self, at: datetime) -> dict[str, Any]:
+        prompt, completion = self.prompt_tokens or 0, self.completion_tokens or 0
+        generating = (self.duration_ms - self.ttft_ms) / 1000 if self.ttft_ms is not None else 0.0
+        return {
+            "message_id": self.reply_id,
+            "user_id": self.user_id,
+            "conversation_id": self.conversation_id,
+            "model": self.model,
+            "streamed": self.streamed,
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+            "estimated": self.estimated,
+            "ttft_ms": self.ttft_ms,
+            "duration_ms": self.duration_ms,
+            "tokens_per_second": round(completion / generating, 2) if completion and generating > 0 else None,
+            "outcome": self.outcome,
+            "created_at": at,
+        }
 
 
 @dataclass(frozen=True)
@@ -119,7 +146,7 @@ class ConversationStore:
         self.save_timeout = save_timeout
         self.group: GroupCommit[ExchangeRecord] | None = None
         if database.cooperative:
-            self.group = GroupCommit(self.save_exchanges, item_by_item=_not_outage)
+            self.group = GroupCommit(self.save_exchanges, item_by_item=_not_outage, stuck_for=database.busy_for)
             journal.start(self)
 
     def history(self, conversation_id: str, user_id: str, limit: int) -> list[tuple[str, str]] | None:
@@ -231,6 +258,7 @@ def _write_exchanges(connection: Connection, records: list[ExchangeRecord]) -> N
     if created:
         connection.execute(_CREATE, created)
     connection.execute(_ADD_MESSAGES, rows)
+    connection.execute(_ADD_USAGE, [record.usage_row(record.ended_at or now) for record in records])
 
 
 def _message_rows(record: ExchangeRecord, position: int, now: datetime) -> list[dict[str, Any]]:

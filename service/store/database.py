@@ -14,6 +14,7 @@ cannot be reached fails within ``CONNECT_TIMEOUT_SECONDS`` rather than holding a
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -86,7 +87,7 @@ class Database:
             from gevent.threadpool import ThreadPool
 
             self._thread = ThreadPool(1)
-        self.active_units = 0  # sessions open right now: the leak test's gauge
+        self.units: dict[object, float] = {}  # the units of work running now, and when each began running
 
     def create_tables(self) -> None:
         """Bring the schema to the newest migration (``service.store.migrate``); many workers may call this at
@@ -140,8 +141,10 @@ class Database:
         return self.run(lambda: self._counted(self.engine.begin, work))
 
     def _counted(self, begin: Callable[[], AbstractContextManager[H]], work: Callable[[H], T]) -> T:
-        """One unit of work, counted in ``active_units`` while it holds its session or connection."""
-        self.active_units += 1
+        """One unit of work, counted in ``units`` while it holds its session or connection (for SQLite this runs
+        on the database thread: the time is the database's, not a wait for the thread or for the hub)."""
+        unit = object()
+        self.units[unit] = time.monotonic()
         try:
             with begin() as handle:
                 return work(handle)
@@ -150,7 +153,18 @@ class Database:
                 raise DatabaseUnavailable() from error
             raise
         finally:
-            self.active_units -= 1
+            del self.units[unit]
+
+    @property
+    def active_units(self) -> int:
+        """Sessions open right now: the leak test's gauge."""
+        return len(self.units)
+
+    def busy_for(self) -> float:
+        """How long the oldest unit of work running now has been at it (0 when none is): a database that does
+        not answer shows here, and a worker merely too busy to collect answers does not."""
+        started = min(self.units.values(), default=None)
+        return 0.0 if started is None else time.monotonic() - started
 
     def ping(self) -> None:
         from sqlalchemy import text

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import DateTime, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -45,3 +45,26 @@ class Message(Base):
     completion_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     conversation: Mapped[Conversation] = relationship(back_populates="messages")
+
+
+class Usage(Base):
+    """One reply's usage, kept apart from the conversation (deleting a conversation keeps its usage): the
+    message id is the reply's, so writing a reply twice (a journal replay) stores its usage once."""
+
+    __tablename__ = "usage"
+    __table_args__ = (Index("ix_usage_user_created", "user_id", "created_at"), Index("ix_usage_created", "created_at"))
+
+    message_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(255))
+    conversation_id: Mapped[str] = mapped_column(String(36))
+    model: Mapped[str] = mapped_column(String(200))
+    streamed: Mapped[bool] = mapped_column(Boolean)
+    prompt_tokens: Mapped[int] = mapped_column(Integer)
+    completion_tokens: Mapped[int] = mapped_column(Integer)
+    total_tokens: Mapped[int] = mapped_column(Integer)
+    estimated: Mapped[bool] = mapped_column(Boolean)  # counted by the service, not reported by the provider
+    ttft_ms: Mapped[float | None] = mapped_column(Float, nullable=True)  # None: no token came
+    duration_ms: Mapped[float] = mapped_column(Float)
+    tokens_per_second: Mapped[float | None] = mapped_column(Float, nullable=True)
+    outcome: Mapped[str] = mapped_column(String(32))  # done, or the error code the reply ended with
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -32,7 +32,7 @@ def test_stream_is_byte_exact_per_wire(server: GunicornServer) -> None:
     pattern = (
         r"retry: 3000\n\n"
         rf'id: {sid}:0\ndata: \{{"type":"metadata","streamId":"{sid}","conversationId":"[0-9a-f-]{{36}}",'
-        r'"messageId":"[0-9a-f-]{36}","model":"test-model"\}\n\n'
+        r'"messageId":"[0-9a-f-]{36}","model":"test-model","requestId":"[0-9a-f]{32}"\}\n\n'
         rf'id: {sid}:1\ndata: \{{"type":"token","content":"Baby"\}}\n\n'
         rf'id: {sid}:2\ndata: \{{"type":"token","content":" sleep"\}}\n\n'
         rf'id: {sid}:3\ndata: \{{"type":"done","finishReason":"stop","usage":\{{"promptTokens":12,'

@@ -33,9 +33,10 @@ def test_not_ready_while_the_local_model_does_not_answer(
 def test_metrics_are_prometheus_text(client: FlaskClient) -> None:
     client.post("/api/v1/ai/chat", json={"message": "count me #tokens=3"})
     text = client.get("/metrics").get_data(as_text=True)
-    assert "chat_streams_started_total 1.0" in text
-    assert 'chat_streams_ended_total{outcome="done"} 1.0' in text
-    assert "chat_tokens_relayed_total 3.0" in text
+    assert 'chat_streams_started_total{model="gpt-4o-mini"} 1.0' in text
+    assert 'chat_streams_ended_total{model="gpt-4o-mini",outcome="done"} 1.0' in text
+    assert 'chat_tokens_relayed_total{model="gpt-4o-mini"} 3.0' in text
+    assert 'chat_time_to_first_token_seconds_count{model="gpt-4o-mini"} 1.0' in text
 
 
 def openapi_path(rule: str) -> str:

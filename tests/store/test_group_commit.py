@@ -120,3 +120,17 @@ def test_an_outage_fails_a_batch_at_once_instead_of_item_by_item() -> None:
     gevent.joinall(writers, timeout=5)
     assert all(isinstance(writer.exception, ConnectionError) for writer in writers)
     assert calls == [[0, 1, 2, 3, 4]]  # one try for the batch, not one more per item
+
+
+def test_a_database_that_keeps_committing_is_waited_for_behind_a_queue() -> None:
+    """A burst: each transaction takes most of the wait allowed, the queue more than all of it. Nothing is stuck,
+    so nothing times out (the journal is for a database that does not answer, not for a busy worker)."""
+    written: list[list[int]] = []
+    group: GroupCommit[int] = GroupCommit(lambda items: (gevent.sleep(0.08), written.append(items)))
+    first = gevent.spawn(group.submit, 0, 0.1)
+    gevent.sleep(0.001)
+    queued = [gevent.spawn(group.submit, number, 0.1) for number in range(1, 10)]
+    third = gevent.spawn_later(0.1, group.submit, 10, 0.1)  # waits behind the second transaction
+    gevent.joinall([first, *queued, third], timeout=5)
+    assert [writer.exception for writer in (first, *queued, third)] == [None] * 11
+    assert written == [[0], list(range(1, 10)), [10]]
