@@ -60,7 +60,7 @@ def test_the_access_log_is_on_by_default_and_can_be_turned_off(monkeypatch: pyte
 
 
 def test_the_access_log_has_a_line_per_request_with_its_status(server_factory: ServerFactory) -> None:
-    server = server_factory()
+    server = server_factory(LOG_FORMAT="text")  # the JSON access line: tests/test_request_ids.py
     streamed = httpx.post(f"{server.url}/api/v1/ai/chat/stream", json={"message": "logged #tokens=3"}, timeout=10)
     refused = httpx.post(f"{server.url}/api/v1/ai/chat/stream", json={"message": ""}, timeout=10)
     assert (streamed.status_code, refused.status_code) == (200, 400)
@@ -74,6 +74,7 @@ def test_the_access_log_has_a_line_per_request_with_its_status(server_factory: S
     assert '"POST /api/v1/ai/chat/stream HTTP/1.1" 200 ' in lines[0]
     assert '"POST /api/v1/ai/chat/stream HTTP/1.1" 400 ' in lines[1]
     assert re.search(r'" 200 \d+ \d+ms "', lines[0]), lines[0]  # the bytes sent and the stream's duration
+    assert lines[0].endswith(streamed.headers["X-Request-ID"])
 
 
 def test_the_graceful_timeout_covers_the_longest_stream(monkeypatch: pytest.MonkeyPatch) -> None:
