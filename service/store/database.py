@@ -9,6 +9,8 @@ while one writes.
 A database that is away is one error, ``DatabaseUnavailable`` (503, retryable), whatever the driver said: the views
 answer it as such, and a save that meets it goes to the journal (``service.store.journal``). A PostgreSQL that
 cannot be reached fails within ``CONNECT_TIMEOUT_SECONDS`` rather than holding a request for the kernel's minutes.
+Errors never carry a statement's parameters (``hide_parameters``): they hold users' messages and replies, and
+errors are logged.
 """
 
 from __future__ import annotations
@@ -72,14 +74,18 @@ class Database:
             if path and path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
             pooling = {} if path in ("", ":memory:") else {"pool_size": 1, "max_overflow": 0}
-            self.engine: Engine = create_engine(url, connect_args={"check_same_thread": False}, **pooling)
+            self.engine: Engine = create_engine(
+                url, connect_args={"check_same_thread": False}, hide_parameters=True, **pooling
+            )
             event.listen(self.engine, "connect", _sqlite_pragmas)
         else:
             asked = make_url(url).query
             connect = {key: value for key, value in KEEPALIVES.items() if key not in asked}
             if "connect_timeout" not in asked:
                 connect["connect_timeout"] = CONNECT_TIMEOUT_SECONDS
-            self.engine = create_engine(url, pool_size=10, max_overflow=40, pool_pre_ping=True, connect_args=connect)
+            self.engine = create_engine(
+                url, pool_size=10, max_overflow=40, pool_pre_ping=True, connect_args=connect, hide_parameters=True
+            )
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._thread: Any = None
         self.cooperative = _gevent_patched()  # running under gevent's hub (gunicorn's gevent worker)

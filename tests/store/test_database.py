@@ -112,3 +112,13 @@ def test_several_workers_start_together_on_a_fresh_database(server_factory: Serv
     assert server.process is not None and server.process.poll() is None
     assert len(server.worker_pids()) == 4
     assert stream(server.url, {"message": "after a racy start #tokens=2"})[-1].type == "done"
+
+
+def test_a_failed_write_does_not_carry_the_users_text(store: ConversationStore) -> None:
+    """Errors are logged: they must not hold what the user wrote (the statement's parameters)."""
+    private = f"my private words {uuid.uuid4()}"
+    saved = record(str(uuid.uuid4()), f"u-{uuid.uuid4()}", private)
+    store.save_exchanges([saved])
+    with pytest.raises(Exception) as failed:  # the same reply id again: the database refuses it
+        store.save_exchanges([saved])
+    assert "private words" not in str(failed.value) and "private words" not in repr(failed.value)
