@@ -245,6 +245,7 @@ def test_metadata_says_how_many_turns_were_left_out(server_factory: ServerFactor
         list(client.stream("left out 2 #tokens=60", conversation))
         third, *_ = list(client.stream("left out 3 #tokens=60", conversation))
     assert isinstance(third, Metadata) and third.omitted_turns == 2
+    assert first.request_id is not None and len(first.request_id) == 32  # the service's id, to quote in a report
 
 
 def test_error_event_is_yielded_and_ends_the_stream(chat: ChatClient) -> None:

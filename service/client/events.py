@@ -28,6 +28,7 @@ class Metadata(_Wire):
     message_id: str
     model: str
     omitted_turns: int = 0  # earlier messages the service left out of the model's context to fit its window
+    request_id: str | None = None  # the service's id for the request: quote it when reporting a problem
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,9 @@ def parse_event(data: dict[str, Any]) -> Event | None:
         stream_id, conversation_id, message_id, model = (str(data.get(key, "")) for key in METADATA_KEYS)
         omitted = data.get("omittedTurns")
         omitted_turns = omitted if isinstance(omitted, int) else 0
-        return Metadata(stream_id, conversation_id, message_id, model, omitted_turns, raw=data)
+        request_id = data.get("requestId")
+        request_id = request_id if isinstance(request_id, str) else None
+        return Metadata(stream_id, conversation_id, message_id, model, omitted_turns, request_id, raw=data)
     if kind == "token":
         return Token(str(data.get("content", "")), raw=data)
     if kind == "done":
