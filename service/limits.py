@@ -24,12 +24,11 @@ from service.auth import Authenticator, current_user
 from service.config import Settings
 from service.errors import BudgetSpent, RateLimited, Unauthorized
 from service.limit_storage import GeventMemoryStorage, storage_uri
-from service.redis_health import CONNECT_TIMEOUT, DOWN, ERRORS, REPLY_TIMEOUT, Down, RedisHealth
+from service.redis_health import CLIENT_OPTIONS, DOWN, ERRORS, Down, RedisHealth
 from service.redis_health import client as redis_client
 
 METER_BATCH = 64  # most tokens counted per storage hit: a stream may overshoot the budget by at most this many
 RENEW_SECONDS = 1.0
-REDIS_OPTIONS: dict[str, Any] = {"socket_connect_timeout": CONNECT_TIMEOUT, "socket_timeout": REPLY_TIMEOUT}
 
 
 def user_key(auth: Authenticator) -> Callable[[], str]:
@@ -54,7 +53,7 @@ def build_request_limiter(app: Flask, settings: Settings, auth: Authenticator) -
         user_key(auth),
         app=app,
         storage_uri=storage_uri(uri),
-        storage_options=REDIS_OPTIONS if uri.startswith("redis") else None,
+        storage_options=CLIENT_OPTIONS if uri.startswith("redis") else None,
         in_memory_fallback_enabled=uri.startswith("redis"),
         strategy="fixed-window",
         headers_enabled=False,  # its Retry-After would name the request window's reset on every refusal
@@ -277,7 +276,7 @@ class TokenBudget:
         self.item = parse(settings.token_budget)
         self.health = health
         uri = settings.ratelimit_storage_uri
-        options = REDIS_OPTIONS if uri.startswith("redis") else {}
+        options = CLIENT_OPTIONS if uri.startswith("redis") else {}
         self.limiter = FixedWindowRateLimiter(storage_from_string(storage_uri(uri), **options))
         self.local = FixedWindowRateLimiter(GeventMemoryStorage())  # consulted only while Redis is away
         self.owed: dict[str, int] = {}  # spent while Redis was away, by user: added to Redis when it is back

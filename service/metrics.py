@@ -177,9 +177,9 @@ class Metrics:
         ttft = chat.ttft_ms
         if ttft is not None:
             self.first_token_seconds.labels(model).observe(ttft / 1000)
-            generating = seconds - ttft / 1000
-            if tokens and generating > 0:
-                self.tokens_per_second.labels(model).observe(tokens / generating)
+        rate = chat.tokens_per_second(tokens, seconds)
+        if rate is not None:
+            self.tokens_per_second.labels(model).observe(rate)
 
     def first_token_written(self, chat: ChatStream) -> None:
         self.relay_delay_seconds.labels(chat.metadata.model).observe(time.monotonic() - chat.first_token_at)

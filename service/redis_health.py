@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 POLICIES = ("per-host", "refuse")
 CONNECT_TIMEOUT = 1.0  # a Redis that is gone refuses at once; one that hangs must not hold a request longer
 REPLY_TIMEOUT = 2.0
+CLIENT_OPTIONS: dict[str, Any] = {"socket_connect_timeout": CONNECT_TIMEOUT, "socket_timeout": REPLY_TIMEOUT}
 PAUSED = "The service's shared store is unavailable, so new replies are paused; try again shortly."
 ERRORS = (redis.RedisError, StorageError)  # redis-py's own, and the limits library's when it wraps them
 T = TypeVar("T")
@@ -95,4 +96,4 @@ def client(url: str, read_timeout: float = REPLY_TIMEOUT) -> Any:
     """A client that gives up on a dead or hung Redis in seconds (redis-py waits forever by default).
     ``read_timeout`` must exceed any ``BLOCK`` the caller asks for. Typed ``Any``: redis-py's reply types are too
     loose to check."""
-    return redis.Redis.from_url(url, socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=read_timeout)
+    return redis.Redis.from_url(url, **{**CLIENT_OPTIONS, "socket_timeout": read_timeout})

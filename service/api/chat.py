@@ -86,9 +86,8 @@ def log_reply(chat: ChatStream, seconds: float) -> None:
     """One line per finished reply: ids, counts and timings, never its text."""
     if not replies.isEnabledFor(logging.INFO):
         return
-    metadata, ttft = chat.metadata, chat.ttft_ms
-    tokens = chat.tokens_relayed
-    generating = seconds - ttft / 1000 if ttft is not None else 0.0
+    metadata, tokens = chat.metadata, chat.tokens_relayed
+    rate = chat.tokens_per_second(tokens, seconds)
     fields = {
         "request_id": chat.request.request_id,
         "user_id": chat.request.user_id,
@@ -97,9 +96,9 @@ def log_reply(chat: ChatStream, seconds: float) -> None:
         "model": metadata.model,
         "streamed": chat.streamed,
         "outcome": chat.outcome,
-        "ttft_ms": ttft,
+        "ttft_ms": chat.ttft_ms,
         "tokens": tokens,
-        "tokens_per_second": round(tokens / generating, 1) if tokens and generating > 0 else None,
+        "tokens_per_second": None if rate is None else round(rate, 1),
         "duration_ms": round(seconds * 1000, 1),
     }
     replies.info("reply ended %s", " ".join(f"{name}={value}" for name, value in fields.items()), extra=fields)

@@ -168,6 +168,13 @@ class ChatStream:
         """A watchdog's one timer bounds this stream's silences: its upstream reads arm no timer of their own."""
         self.upstream.timed_reads = False
 
+    def tokens_per_second(self, count: int, seconds: float) -> float | None:
+        """``count`` tokens over the ``seconds`` after the first token (the stream lasted ``seconds`` in all); None
+        when no token came or no time passed."""
+        ttft = self.ttft_ms
+        generating = seconds - ttft / 1000 if ttft is not None else 0.0
+        return count / generating if count and generating > 0 else None
+
     @property
     def ttft_ms(self) -> float | None:
         """Request received to the provider's first token, or None when none came."""
@@ -183,6 +190,7 @@ class ChatStream:
         return Usage(self.prompt_tokens_estimate, self.upstream.deltas, estimated=True)
 
     def save(self, complete: bool, usage: Usage) -> None:
+        seconds = time.monotonic() - self.started
         try:
             self.store.save_exchange(
                 ExchangeRecord(
@@ -200,7 +208,8 @@ class ChatStream:
                     streamed=self.streamed,
                     estimated=usage.estimated,
                     ttft_ms=self.ttft_ms,
-                    duration_ms=round((time.monotonic() - self.started) * 1000, 1),
+                    duration_ms=round(seconds * 1000, 1),
+                    tokens_per_second=self.tokens_per_second(usage.completion_tokens, seconds),
                     outcome=self.outcome,
                 )
             )

@@ -93,9 +93,9 @@ class StreamMirror:
     def publish(self, first: int, data: bytes) -> None:
         self.pending.append((first, data))
         if self.flusher is None:
-            self.flusher = gevent.spawn_later(FLUSH_SECONDS, self._flush)
+            self.flusher = gevent.spawn_later(FLUSH_SECONDS, self.flush)
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
         self.flusher = None
         pending, self.pending = self.pending, []
         if not pending and not self.ended:
@@ -130,7 +130,7 @@ class StreamMirror:
             self.flusher.kill(block=False)
             self.flusher = None
         self.ended = True
-        self._flush()
+        self.flush()
 
 
 class SharedStreams:
@@ -147,15 +147,19 @@ class SharedStreams:
     def finish_pending(self) -> None:
         """Retry the last writes of mirrors that ended while Redis was away (the lease keeper calls this)."""
         for mirror in list(self.unfinished):
-            mirror._flush()
+            mirror.flush()
 
     def owned_by(self, stream_id: str, user_id: str) -> bool:
-        try:
-            owner = self.client.get(PREFIX + stream_id + ":owner")
-        except redis.RedisError as error:
-            self.health.failed("finding a stream's owner", error)
-            raise SharedStateUnavailable() from None
+        owner = self._for_a_request("finding a stream's owner", lambda: self.client.get(PREFIX + stream_id + ":owner"))
         return owner is not None and owner.decode() == user_id
+
+    def _for_a_request(self, doing: str, work: Callable[[], Any]) -> Any:
+        """``work()`` for a request about another host's stream: 503 ``shared_state_unavailable`` without Redis."""
+        try:
+            return work()
+        except redis.RedisError as error:
+            self.health.failed(doing, error)
+            raise SharedStateUnavailable() from None
 
     def read(self, stream_id: str, after: int, heartbeat: float) -> Iterator[bytes]:
         """Replay from Redis, then follow until the end mark; ``: ping`` while the stream is quiet. If Redis goes
@@ -189,11 +193,7 @@ class SharedStreams:
                     after = max(after, first + data.count(b"\n\n") - 1)  # a batch written twice goes out once
 
     def cancel(self, stream_id: str) -> None:
-        try:
-            self.client.publish(CANCEL_CHANNEL, stream_id)
-        except redis.RedisError as error:
-            self.health.failed("publishing a cancel", error)
-            raise SharedStateUnavailable() from None
+        self._for_a_request("publishing a cancel", lambda: self.client.publish(CANCEL_CHANNEL, stream_id))
 
     def listen_for_cancels(self, on_cancel: Callable[[str], None]) -> gevent.Greenlet[[], None]:
         """One greenlet per worker: every cancel published by any host reaches the host running the stream. Its

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from service.store.journal import SaveJournal
 
 TITLE_CHARS = 80
+SAVE_TIMEOUT_SECONDS = 2.0  # as the setting's default
 conversations = cast(Table, Conversation.__table__)
 messages = cast(Table, Message.__table__)
 _TOUCH = update(conversations).where(conversations.c.id == bindparam("b_id")).values(updated_at=bindparam("b_now"))
@@ -55,11 +56,11 @@ class ExchangeRecord:
     estimated: bool = False  # the token counts are the service's, the provider sent none
     ttft_ms: float | None = None  # request received to first token; None when no token came
     duration_ms: float = 0.0
+    tokens_per_second: float | None = None  # completion tokens a second after the first token
     outcome: str = "done"  # or the error code the reply ended with
 
     def usage_row(self, at: datetime) -> dict[str, Any]:
         prompt, completion = self.prompt_tokens or 0, self.completion_tokens or 0
-        generating = (self.duration_ms - self.ttft_ms) / 1000 if self.ttft_ms is not None else 0.0
         return {
             "message_id": self.reply_id,
             "user_id": self.user_id,
@@ -72,7 +73,7 @@ class ExchangeRecord:
             "estimated": self.estimated,
             "ttft_ms": self.ttft_ms,
             "duration_ms": self.duration_ms,
-            "tokens_per_second": round(completion / generating, 2) if completion and generating > 0 else None,
+            "tokens_per_second": None if self.tokens_per_second is None else round(self.tokens_per_second, 2),
             "outcome": self.outcome,
             "created_at": at,
         }
@@ -131,17 +132,15 @@ class ConversationRow:
 
 class ConversationStore:
     def __init__(
-        self, database: Database, journal: SaveJournal | None = None, save_timeout: float | None = None
+        self, database: Database, journal: SaveJournal | None = None, save_timeout: float = SAVE_TIMEOUT_SECONDS
     ) -> None:
-        """``journal`` and ``save_timeout`` default to ``SAVE_JOURNAL_DIR`` and ``SAVE_TIMEOUT_SECONDS``. Under
-        gevent the journal's replayer starts here."""
-        from service.store.journal import SaveJournal, journal_settings  # which imports this module for its records
+        """The service passes its settings' journal and timeout (``SAVE_JOURNAL_DIR``, ``SAVE_TIMEOUT_SECONDS``);
+        without them, the default folder beside the database. Under gevent the journal's replayer starts here."""
+        from service.store.journal import SaveJournal, default_folder  # which imports this module for its records
 
         self.database = database
-        if journal is None or save_timeout is None:
-            timeout, folder = journal_settings(database.url)
-            journal = journal or SaveJournal(folder, database.url, database.cooperative)
-            save_timeout = timeout if save_timeout is None else save_timeout
+        if journal is None:
+            journal = SaveJournal(default_folder(database.url), database.url, database.cooperative)
         self.journal = journal
         self.save_timeout = save_timeout
         self.group: GroupCommit[ExchangeRecord] | None = None

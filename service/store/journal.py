@@ -37,7 +37,7 @@ import secrets
 import socket
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -49,28 +49,18 @@ from gevent.event import Event
 from sqlalchemy import make_url
 from sqlalchemy.exc import DataError, IntegrityError
 
-from service.env import EnvReader
 from service.errors import DatabaseUnavailable
 from service.store.conversations import ConversationStore, ExchangeRecord
 from service.store.models import utcnow
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-SAVE_TIMEOUT_SECONDS = 2.0
 RETRY_SECONDS = 1.5
 SCAN_SECONDS = 30.0
 BATCH = 200  # records per replay transaction
 INSTANCE = Path(__file__).resolve().parents[2] / "instance"  # the standalone app's instance folder
 _FIELDS = frozenset(field.name for field in dataclasses.fields(ExchangeRecord))
 _REFUSED = (IntegrityError, DataError)  # this record, not the database: retrying cannot help
-
-
-def journal_settings(database_url: str, environ: Mapping[str, str] | None = None) -> tuple[float, Path]:
-    """``SAVE_TIMEOUT_SECONDS`` and ``SAVE_JOURNAL_DIR``, or their defaults."""
-    reader = EnvReader(os.environ if environ is None else environ)
-    timeout = reader.number("SAVE_TIMEOUT_SECONDS", SAVE_TIMEOUT_SECONDS, minimum=0.01)
-    folder = reader.optional("SAVE_JOURNAL_DIR")
-    return timeout, Path(folder) if folder else default_folder(database_url)
 
 
 def default_folder(database_url: str, instance: Path = INSTANCE) -> Path:
@@ -378,6 +368,7 @@ def _sum(taken: list[tuple[Path, int]]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from service.config import Settings
     from service.store.database import Database
 
     parser = argparse.ArgumentParser(
@@ -389,7 +380,8 @@ def main(argv: list[str] | None = None) -> int:
     url = os.environ.get("DATABASE_URL")
     if not url:
         parser.error("set DATABASE_URL to the database the service saves to")
-    folder = args.dir or journal_settings(url)[1]
+    configured = Settings.from_env().save_journal_dir
+    folder = args.dir or (Path(configured) if configured else default_folder(url))
     journal = SaveJournal(folder, url)
     database = Database(url)
     try:
