@@ -122,7 +122,12 @@ def build_services(settings: Settings, user_loader: UserLoader | None = None) ->
         database=database,
         conversations=store,
         usage=UsageStore(database),
-        chat=ChatService(settings, StreamingService(*build_clients(settings)), store, _context_builder(settings)),
+        chat=ChatService(
+            settings,
+            StreamingService(*build_clients(settings), response_timeout=settings.stream_idle_timeout),
+            store,
+            _context_builder(settings),
+        ),
         streams=StreamRegistry(),
         auth=auth,
         timing=Timing(

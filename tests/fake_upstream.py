@@ -9,7 +9,11 @@ with ``content_filter``; ``#length`` finish with ``length``; ``#one_write`` send
 all, in one write; ``#keepalive`` keep the connection open for the next request (otherwise it is closed after
 each reply); ``#sized`` send the reply with a Content-Length instead of chunked; ``#context=PROVIDER
 #window=N`` refuse, in that provider's words (``CONTEXT_ERRORS``), any request whose messages hold more than N
-characters in all. It records every request and when each connection closed, as the upstream saw it.
+characters in all. Faults: ``#header_delay=S`` wait S seconds before the response headers; ``#retry_after=S``
+send ``Retry-After: S`` with a ``#status`` failure; ``#malformed_after=N`` send a chunk that is not JSON after N
+tokens; ``#big=BYTES`` make the first token BYTES long; ``#one_byte`` make every token one character;
+``#linger=S`` keep the body open S seconds after ``data: [DONE]`` before ending it. It records every request
+(with the time it came) and when each connection closed, as the upstream saw it.
 """
 
 from __future__ import annotations
@@ -149,6 +153,18 @@ def _chunk(content: str | None = None, finish: str | None = None, role: bool = F
     }
 
 
+def _tokens(script: dict[str, str], count: int) -> list[str]:
+    """The reply's text deltas: words by default, one character each with ``#one_byte``, the first ``#big``."""
+    if "one_byte" in script:
+        tokens = ["ab"[index % 2] for index in range(count)]
+    else:
+        words = WORDS * (count // len(WORDS) + 1)
+        tokens = [(word if index == 0 else " " + word) for index, word in enumerate(words)][:count]
+    if "big" in script and tokens:
+        tokens[0] = "x" * int(script["big"])
+    return tokens
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _Server
@@ -169,7 +185,9 @@ class _Handler(BaseHTTPRequestHandler):
         message = messages[-1]["content"] if messages else ""
         script = directives(message)
         with recorder.lock:
-            recorder.requests.append({"path": self.path, "body": body, "headers": dict(self.headers)})
+            recorder.requests.append(
+                {"path": self.path, "body": body, "headers": dict(self.headers), "at": time.monotonic()}
+            )
             attempt = recorder.attempts.get(message, 0) + 1
             recorder.attempts[message] = attempt
         if "moderations" in self.path:
@@ -187,18 +205,22 @@ class _Handler(BaseHTTPRequestHandler):
         if "status" in script:
             code, _, times = script["status"].partition("x")
             if not times or attempt <= int(times):
-                self._json(int(code), {"error": {"message": "scripted failure", "type": "server_error", "code": None}})
+                extra = {"Retry-After": script["retry_after"]} if "retry_after" in script else {}
+                failure = {"error": {"message": "scripted failure", "type": "server_error", "code": None}}
+                self._json(int(code), failure, extra)
                 return
         if not body.get("stream"):
             self._json(400, {"error": {"message": "this fake only streams"}})
             return
         self._stream(script, message)
 
-    def _json(self, status: int, payload: dict[str, Any]) -> None:
+    def _json(self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> None:
         data = json.dumps(payload).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.end_headers()
         self.wfile.write(data)
 
@@ -247,20 +269,20 @@ class _Handler(BaseHTTPRequestHandler):
             recorder.connections.append(connection)
         count = int(script.get("tokens", len(WORDS)))
         delay = float(script.get("delay", 0))
-        tokens = [(word if index == 0 else " " + word) for index, word in enumerate(WORDS * (count // len(WORDS) + 1))][
-            :count
-        ]
+        tokens = _tokens(script, count)
         socket_writer, reply = self.wfile, io.BytesIO()
         if "sized" in script:
             self._sized(tokens)
             return
         if "one_write" in script:  # the whole reply, headers and all, in one write (as a fast local model can)
             self.wfile = reply
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Transfer-Encoding", "chunked")
-        self.end_headers()
         try:
+            if not self._wait(float(script.get("header_delay", 0))):
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
             if "azure" in script:
                 self._send(
                     {
@@ -281,6 +303,8 @@ class _Handler(BaseHTTPRequestHandler):
                 if "fail_after" in script and index == int(script["fail_after"]):
                     self.connection.shutdown(socket.SHUT_RDWR)
                     return
+                if "malformed_after" in script and index == int(script["malformed_after"]):
+                    self._send(b'{"id": "chatcmpl-test", "choices": [{"delta": {"content": "cut')
                 if "error_after" in script and index == int(script["error_after"]):
                     self._send({"error": {"message": "scripted mid-stream error", "type": "server_error"}})
                     break
@@ -316,6 +340,8 @@ class _Handler(BaseHTTPRequestHandler):
                     }
                 )
             self._send(b"[DONE]")
+            if "linger" in script and not self._wait(float(script["linger"])):
+                return
             self.wfile.write(b"0\r\n\r\n")
             self.wfile.flush()
             self._send_buffered(socket_writer, reply)

@@ -45,6 +45,8 @@ def map_open_error(exc: Exception) -> ServiceError:
     """An error raised while opening the upstream stream (after the SDK's own retries)."""
     if isinstance(exc, openai.APIStatusError):
         return _map_status(exc.status_code, _error_object(exc.body), exc.message)
+    if isinstance(exc, openai.APITimeoutError):
+        return UpstreamUnavailable("The model service did not answer in time; try again shortly.")
     if isinstance(exc, (openai.APIConnectionError, httpx2.HTTPError, OSError)):
         return UpstreamUnavailable()
     return UpstreamUnavailable("The model service sent something unexpected.")

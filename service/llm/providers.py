@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import select
 import types
+from typing import Any
 
 import httpcore2._utils as httpcore2_utils
 import httpx2
@@ -45,10 +46,18 @@ class _OpenAI(openai.OpenAI):
     def _should_retry(self, response: httpx2.Response) -> bool:
         return _retryable(response) and super()._should_retry(response)
 
+    def _send_request(self, request: httpx2.Request, *, stream: bool, **kwargs: Any) -> httpx2.Response:
+        """A provider that took the request and did not start its reply within the read timeout is not asked
+        again: the client has already waited that long with nothing to show. The SDK passes its own errors on
+        without a retry, so the timeout leaves as one (connect, write and pool timeouts are still retried)."""
+        try:
+            return super()._send_request(request, stream=stream, **kwargs)
+        except httpx2.ReadTimeout as exc:
+            raise openai.APITimeoutError(request=request) from exc
 
-class _AzureOpenAI(openai.AzureOpenAI):
-    def _should_retry(self, response: httpx2.Response) -> bool:
-        return _retryable(response) and super()._should_retry(response)
+
+class _AzureOpenAI(_OpenAI, openai.AzureOpenAI):
+    """Azure's client with the same retry rules (``AzureOpenAI`` is an ``OpenAI``: its own methods come first)."""
 
 
 def build_client(settings: Settings) -> openai.OpenAI:

@@ -9,6 +9,7 @@ of conversations or SSE framing downstream.
 from __future__ import annotations
 
 import itertools
+import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, cast
@@ -24,6 +25,11 @@ from service.errors import ContentFiltered, ServiceError, UpstreamFailed
 from service.llm.body_reader import BodyReader, RawReader, body_reader
 from service.llm.errors import map_error_payload, map_open_error
 from service.llm.sse_decoder import SSEDataDecoder
+
+log = logging.getLogger(__name__)
+# How long the body's end may take after ``[DONE]``: a provider that leaves its body open after the last event
+# gets its connection closed (not reused) after this, instead of holding it until the read timeout.
+DRAIN_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -84,7 +90,7 @@ class UpstreamStream:
                 if self._take_all(raw, texts):
                     # the last event need not wait for the body's end
                     self._finished = True
-                    reader.settimeout(self.read_timeout)  # no watchdog follows the drain: bound its waits
+                    reader.settimeout(DRAIN_SECONDS)  # no watchdog follows the drain: bound its waits
                     self._drained = gevent.spawn(_drain, reader, response.close)
                     break
                 if self._failure is not None and not texts:
@@ -121,13 +127,18 @@ class UpstreamStream:
         return self._reader
 
     def _take_all(self, raw: bytes, texts: list[str]) -> bool:
-        """Decode one read's events into ``texts``; True at ``[DONE]``. An error event is kept for the next
-        call, so the deltas before it are shown first."""
+        """Decode one read's events into ``texts``; True at ``[DONE]``. An error event, or data that is not
+        JSON, is kept for the next call, so the deltas before it are shown (and saved) first."""
         loads = orjson.loads
         for data in self._decoder.feed(raw):
             if data == b"[DONE]":
                 return True
-            failure = self._take(loads(data), texts)
+            try:
+                chunk = loads(data)
+            except orjson.JSONDecodeError:
+                log.warning("the model service sent an event that is not JSON: %r", data[:200])
+                chunk = None
+            failure = self._take(chunk, texts)
             if failure is not None:
                 self._failure = failure
                 return False
@@ -169,8 +180,8 @@ class UpstreamStream:
 def _drain(reader: BodyReader, close: Callable[[], None]) -> None:
     """Read the body's last bytes after ``[DONE]``, then close the response: a fully read body puts the
     connection back in the pool for reuse, a half-read one throws it away. No timeout here: an exception thrown
-    into httpx while it closes would strand the connection in its pool; the read timeout bounds a lingering
-    server."""
+    into httpx while it closes would strand the connection in its pool; the socket's own timeout
+    (``DRAIN_SECONDS``) bounds a server that leaves its body open."""
     try:
         while reader.read() is not None:
             pass
@@ -188,10 +199,19 @@ class StreamingService:
     themselves, so ``POOLS`` clients (each its own pool) share the load round-robin.
     """
 
-    def __init__(self, client: openai.OpenAI, *more_clients: openai.OpenAI) -> None:
+    def __init__(
+        self, client: openai.OpenAI, *more_clients: openai.OpenAI, response_timeout: float | None = None
+    ) -> None:
+        """``response_timeout``: the longest one attempt waits for the response headers once the request is sent
+        (the clients' own timeouts otherwise); the body's reads keep the clients' read timeout."""
         self.client = client
         self.clients = (client, *more_clients)
         self._next = itertools.cycle(self.clients).__next__
+        configured = httpx2.Timeout(client.timeout)
+        self.read_timeout = configured.read
+        self._open_options: openai.RequestOptions = {}
+        if response_timeout is not None:
+            self._open_options["timeout"] = httpx2.Timeout(response_timeout, connect=configured.connect)
         # The SDK caches its platform headers on first use, and computing them runs `uname -p` in a subprocess:
         # warm it now, or a worker's first burst of requests forks once per concurrent request.
         client.platform_headers()
@@ -199,7 +219,8 @@ class StreamingService:
     def open(self, request: CompletionRequest) -> UpstreamStream:
         """Send the request and wait for the response headers; raise ``UpstreamUnavailable`` on failure.
 
-        Connection errors, 429 and 5xx are retried by the SDK before this returns or raises.
+        Connection errors, 429 and 5xx are retried by the SDK before this returns or raises; a provider that does
+        not start its reply within the response timeout is not (see ``service.llm.providers``).
         """
         body: dict[str, Any] = {
             "model": request.model,
@@ -218,18 +239,24 @@ class StreamingService:
                 "/chat/completions",
                 cast_to=httpx2.Response,
                 body=body,
-                options={"headers": {"X-Request-ID": request.request_id}} if request.request_id else {},
+                options=self._options_for(request),
                 stream=True,
                 stream_cls=openai.Stream[ChatCompletionChunk],
             )
             response = cast(httpx2.Response, sent)  # cast_to=Response: the SDK returns it as is, body unread
         except Exception as exc:
             raise map_open_error(exc) from exc
-        read_timeout = response.request.extensions.get("timeout", {}).get("read")
         # The request (its ~15 headers twice over, its URL, its extensions: ~3.6 KB) is sent and not read again;
         # an open stream would hold it to its end. httpx2 reads and closes a response without one.
         response._request = None
-        return UpstreamStream(response, read_timeout)
+        return UpstreamStream(response, self.read_timeout)
+
+    def _options_for(self, request: CompletionRequest) -> openai.RequestOptions:
+        if not request.request_id:
+            return self._open_options
+        options = self._open_options.copy()
+        options["headers"] = {"X-Request-ID": request.request_id}
+        return options
 
     def moderate(self, text: str) -> bool:
         """True when the provider's moderation endpoint flags ``text``."""
