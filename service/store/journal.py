@@ -15,6 +15,11 @@ whose reply is already stored (its slow write landed after all, or another repla
 record the database refuses for good (a constraint, a value too long) is set aside in ``rejected-<database>.jsonl``
 and logged, so it cannot hold back the ones behind it.
 
+A journal that cannot be written (its disk is full too: by default it sits beside the SQLite file, on the same
+disk) does not lose the record either: it is kept in the worker's memory, with an error logged, and written to the
+database with the others once it answers. Only those records die with their worker; ``SAVE_JOURNAL_DIR`` on another
+disk keeps them on disk.
+
 Each worker's replayer greenlet retries its own records every ``RETRY_SECONDS`` while it has some, in order, and
 removes its file once all are stored; it looks for the files of dead workers when it starts and every
 ``SCAN_SECONDS``. With nothing journaled it neither queries the database nor lists the folder more often than that.
@@ -153,19 +158,35 @@ class SaveJournal:
         self.away = False  # journaling since the last replay that emptied the journal
         self.replayed = Tally()  # since then
         self.problem: str | None = None  # why the last replay stopped short (an unexpected one is logged once)
+        self.in_memory = 0  # records its disk refused, held in ``pending`` only, since the last emptying replay
 
     def append(self, record: ExchangeRecord, reason: BaseException) -> None:
         """Keep ``record`` on disk (fsynced before this returns) until ``replay`` writes it; ``reason`` is why the
         database did not take it."""
         if record.ended_at is None:
             record = dataclasses.replace(record, ended_at=utcnow())
-        self._write([record])
+        try:
+            self._write([record])
+        except OSError as error:  # the journal's own disk is full (or gone): memory is what is left
+            self._keep_in_memory(record, error)
         if not self.away:
             self.away = True
             why = _first_line(reason.__cause__ or reason)
             log.warning("database unavailable (%s): journaling saves in %s", why, self.path)
         if self._appended is not None:
             self._appended.set()
+
+    def _keep_in_memory(self, record: ExchangeRecord, error: OSError) -> None:
+        if not any(item is record for item in self.pending):  # a failed fsync leaves it there already
+            self.pending.append(record)
+        self.in_memory += 1
+        if self.in_memory == 1:
+            log.error(
+                "the save journal cannot be written in %s (%s): saves are kept in this worker's memory until the "
+                "database takes them",
+                self.folder,
+                _first_line(error),
+            )
 
     def replay(self, store: ConversationStore) -> Tally:
         """Write the pending records, oldest first, until none is left or the database stops answering; the file
@@ -191,7 +212,7 @@ class SaveJournal:
                 self._set_aside(refused)
         if self.away or self.replayed.written or self.replayed.refused:
             log.warning("%sjournaled saves replayed: %s", "database back: " if self.away else "", self.replayed)
-        self.away, self.replayed = False, Tally()
+        self.away, self.replayed, self.in_memory = False, Tally(), 0
         self._release()
         return tally
 
