@@ -134,6 +134,12 @@ class UpstreamUnavailable(RequestError):
     code, status, default_message = "upstream_unavailable", 503, "The model could not be reached; try again shortly."
     retryable = True
 
+    def __init__(self, message: str | None = None, retry_after: int | None = None) -> None:
+        """``retry_after``: the wait the provider asked for, passed on to the client."""
+        super().__init__(message, {"retryAfter": retry_after} if retry_after else None)
+        if retry_after:
+            self.headers = {"Retry-After": str(retry_after)}
+
 
 class Unavailable(RequestError):
     """A part the request needs is away (the database, or Redis for another host's stream): retry later."""

@@ -170,6 +170,23 @@ def test_429_with_retry_after_is_retried_no_sooner_than_it_says(faulty: Gunicorn
     assert_released(faulty, upstream.connection_for("slow down"))
 
 
+def test_429_asking_for_a_longer_wait_than_the_idle_timeout_is_passed_on_at_once(
+    faulty: GunicornServer, upstream: FakeUpstream
+) -> None:
+    """Waiting 30 s for the provider would leave the client with nothing for 30 s: it gets the 503 at once, with
+    the provider's wait to honour itself."""
+    message = "come back later #status=429 #retry_after=30"
+    started = time.monotonic()
+    response = httpx.post(faulty.url + STREAM, json={"message": message}, timeout=60)
+    assert time.monotonic() - started < 1
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "30"
+    error = response.json()["error"]
+    assert (error["code"], error["details"]["retryAfter"]) == ("upstream_unavailable", 30)
+    assert upstream.recorder.attempts[message] == 1
+    assert_released(faulty)
+
+
 def test_a_1_mb_chunk_is_relayed_whole(faulty: GunicornServer, upstream: FakeUpstream) -> None:
     events = stream(faulty.url, {"message": "one huge token #big=1000000 #tokens=3"})
     assert [event.type for event in events] == ["metadata", "token", "token", "token", "done"]

@@ -10,6 +10,7 @@ Provider answers are mapped by what they mean, not by their status alone:
 from __future__ import annotations
 
 import logging
+import math
 import re
 from typing import Any
 
@@ -44,7 +45,8 @@ _PASSING = frozenset({408, 429})
 def map_open_error(exc: Exception) -> ServiceError:
     """An error raised while opening the upstream stream (after the SDK's own retries)."""
     if isinstance(exc, openai.APIStatusError):
-        return _map_status(exc.status_code, _error_object(exc.body), exc.message)
+        error = _error_object(exc.body)
+        return _map_status(exc.status_code, error, exc.message, retry_after(exc.response.headers))
     if isinstance(exc, openai.APITimeoutError):
         return UpstreamUnavailable("The model service did not answer in time; try again shortly.")
     if isinstance(exc, (openai.APIConnectionError, httpx2.HTTPError, OSError)):
@@ -52,7 +54,16 @@ def map_open_error(exc: Exception) -> ServiceError:
     return UpstreamUnavailable("The model service sent something unexpected.")
 
 
-def _map_status(status: int, error: dict[str, Any], fallback_text: str) -> ServiceError:
+def retry_after(headers: httpx2.Headers) -> int | None:
+    """The whole seconds a provider's ``Retry-After`` asks for (the HTTP-date form is not used by providers)."""
+    try:
+        seconds = float(headers.get("retry-after", ""))
+    except ValueError:
+        return None
+    return math.ceil(seconds) if 0 < seconds < math.inf else None
+
+
+def _map_status(status: int, error: dict[str, Any], fallback_text: str, wait: int | None = None) -> ServiceError:
     code = _text(error.get("code")) or _text(error.get("type"))
     kind = _text(error.get("type"))
     message = _text(error.get("message")) or fallback_text
@@ -62,6 +73,8 @@ def _map_status(status: int, error: dict[str, Any], fallback_text: str) -> Servi
     if code in _CONTEXT_CODES or kind in _CONTEXT_CODES or worded:
         return ContextTooLong(window=stated_window(error, message))
     if status in _PASSING or status >= 500:
+        if wait:
+            return UpstreamUnavailable(f"The model service answered {status}; try again in {wait} s.", wait)
         return UpstreamUnavailable(f"The model service answered {status}; try again shortly.")
     log.warning("the model service refused the request: %s %s: %s", status, code or "-", message[:300])
     if status in (401, 403):

@@ -43,8 +43,16 @@ def _retryable(response: httpx2.Response) -> bool:
 
 
 class _OpenAI(openai.OpenAI):
+    # a provider that asks for a longer wait than this (``Retry-After``) is not waited for: the client gets the
+    # 503 at once, with the provider's wait, rather than nothing for minutes
+    longest_retry_wait: float | None = None
+
     def _should_retry(self, response: httpx2.Response) -> bool:
-        return _retryable(response) and super()._should_retry(response)
+        return _retryable(response) and not self._asks_too_long_a_wait(response) and super()._should_retry(response)
+
+    def _asks_too_long_a_wait(self, response: httpx2.Response) -> bool:
+        wait = self._parse_retry_after_header(response.headers)
+        return wait is not None and self.longest_retry_wait is not None and wait > self.longest_retry_wait
 
     def _send_request(self, request: httpx2.Request, *, stream: bool, **kwargs: Any) -> httpx2.Response:
         """A provider that took the request and did not start its reply within the read timeout is not asked
@@ -61,26 +69,31 @@ class _AzureOpenAI(_OpenAI, openai.AzureOpenAI):
 
 
 def build_client(settings: Settings) -> openai.OpenAI:
-    """The SDK retries connection errors, 408, 429 and 5xx itself: ``upstream_attempts`` in all.
+    """The SDK retries connection errors, 408, 429 and 5xx itself: ``upstream_attempts`` in all, after its backoff
+    or the provider's ``Retry-After`` when that is no longer than ``STREAM_IDLE_TIMEOUT``.
 
     On Azure the request's model is the deployment name, so a request may pick any of ``CHAT_MODELS``.
     """
     retries = settings.upstream_attempts - 1
     http_client = build_http_client(settings)
+    client: _OpenAI
     if settings.provider == "azure":
-        return _AzureOpenAI(
+        client = _AzureOpenAI(
             azure_endpoint=settings.azure_endpoint or "",
             api_key=settings.azure_api_key,
             api_version=settings.openai_api_version,
             max_retries=retries,
             http_client=http_client,
         )
-    return _OpenAI(
-        api_key=settings.openai_api_key or "local",
-        base_url=settings.openai_base_url,
-        max_retries=retries,
-        http_client=http_client,
-    )
+    else:
+        client = _OpenAI(
+            api_key=settings.openai_api_key or "local",
+            base_url=settings.openai_base_url,
+            max_retries=retries,
+            http_client=http_client,
+        )
+    client.longest_retry_wait = settings.stream_idle_timeout
+    return client
 
 
 def build_clients(settings: Settings, count: int = POOLS) -> list[openai.OpenAI]:
