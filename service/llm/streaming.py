@@ -246,6 +246,11 @@ class StreamingService:
             response = cast(httpx2.Response, sent)  # cast_to=Response: the SDK returns it as is, body unread
         except Exception as exc:
             raise map_open_error(exc) from exc
+        if self._open_options:
+            # the response timeout bounded the wait for the headers; httpx2's own body reads (the ``RawReader``
+            # fallback) take theirs from this dict when they start, and must keep the margin past the watchdog
+            extensions = response.request.extensions
+            extensions["timeout"] = {**extensions.get("timeout", {}), "read": self.read_timeout}
         # The request (its ~15 headers twice over, its URL, its extensions: ~3.6 KB) is sent and not read again;
         # an open stream would hold it to its end. httpx2 reads and closes a response without one.
         response._request = None
