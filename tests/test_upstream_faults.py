@@ -50,8 +50,11 @@ def eventually(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
 def assert_released(server: GunicornServer, *connections: Connection) -> None:
     """The upstream saw each connection closed, and the worker holds no stream, slot, session or upstream
     connection any more."""
-    for connection in connections:
-        assert eventually(lambda connection=connection: connection.closed_at is not None), connection.message  # type: ignore[misc]
+
+    def still_open() -> list[str]:
+        return [item.message for item in connections if item.closed_at is None]
+
+    assert eventually(lambda: not still_open()), still_open()
 
     def idle() -> bool:
         found = gauges(server)
