@@ -12,7 +12,8 @@ each reply); ``#sized`` send the reply with a Content-Length instead of chunked;
 characters in all. Faults: ``#header_delay=S`` wait S seconds before the response headers; ``#retry_after=S``
 send ``Retry-After: S`` with a ``#status`` failure; ``#malformed_after=N`` send a chunk that is not JSON after N
 tokens; ``#big=BYTES`` make the first token BYTES long; ``#one_byte`` make every token one character;
-``#linger=S`` keep the body open S seconds after ``data: [DONE]`` before ending it. It records every request
+``#linger=S`` keep the body open S seconds after ``data: [DONE]`` before ending it; ``#gzip`` compress the
+stream (``Content-Encoding: gzip``, flushed event by event, as a compressing proxy sends it). It records every request
 (with the time it came) and when each connection closed, as the upstream saw it.
 """
 
@@ -25,6 +26,7 @@ import select
 import socket
 import threading
 import time
+import zlib
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -168,6 +170,7 @@ def _tokens(script: dict[str, str], count: int) -> list[str]:
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _Server
+    compressor: Any = None  # with ``#gzip``: the stream's one compressor
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         pass
@@ -242,6 +245,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send(self, payload: Any) -> None:
         data = b"data: " + (payload if isinstance(payload, bytes) else json.dumps(payload).encode()) + b"\n\n"
+        if self.compressor is not None:
+            data = self.compressor.compress(data) + self.compressor.flush(zlib.Z_SYNC_FLUSH)
         self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
         self.wfile.flush()
 
@@ -282,6 +287,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream")
             self.send_header("Transfer-Encoding", "chunked")
+            self.compressor = zlib.compressobj(wbits=31) if "gzip" in script else None  # 31: the gzip format
+            if self.compressor is not None:
+                self.send_header("Content-Encoding", "gzip")
             self.end_headers()
             if "azure" in script:
                 self._send(
@@ -340,6 +348,9 @@ class _Handler(BaseHTTPRequestHandler):
                     }
                 )
             self._send(b"[DONE]")
+            if self.compressor is not None:
+                ending = self.compressor.flush()
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(ending), ending))
             if "linger" in script and not self._wait(float(script["linger"])):
                 return
             self.wfile.write(b"0\r\n\r\n")

@@ -228,3 +228,14 @@ def test_a_body_left_open_after_done_still_ends_the_stream_and_the_connection_pr
     assert connection.closed_at is not None and connection.closed_at - started < 3
     assert saved_reply(faulty, events)["status"] == "complete"
     assert_released(faulty, connection)
+
+
+def test_a_compressed_stream_is_relayed_as_it_comes(faulty: GunicornServer, upstream: FakeUpstream) -> None:
+    """A compressing proxy in front of the provider (``Content-Encoding: gzip``, flushed event by event)."""
+    events = stream(faulty.url, {"message": "squeezed #tokens=5 #gzip #delay=0.05"})
+    assert [event.type for event in events] == ["metadata", "token", "token", "token", "token", "token", "done"]
+    assert tokens(events) == "Baby sleep patterns change a"
+    sent = upstream.connection_for("squeezed").sent_at
+    assert all(event.at - at < 0.05 for event, at in zip(events[1:6], sent, strict=True))
+    assert saved_reply(faulty, events)["content"] == "Baby sleep patterns change a"
+    assert_released(faulty, upstream.connection_for("squeezed"))

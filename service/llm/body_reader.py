@@ -10,8 +10,9 @@ for keep-alive as usual (the response is closed by its owner).
 The readers are objects with a ``read`` method, not generators: a stream's greenlet keeps every generator it is
 suspended in (its frame, and a slice of C stack per layer), for the whole life of the stream.
 
-``body_reader`` falls back to ``iter_raw()`` whenever the internals are not the plain HTTP/1.1 ones this expects
-(HTTP/2, a proxy transport, a compressed body, another httpx2 version).
+``body_reader`` falls back to httpx2's own ``iter_bytes()`` whenever the internals are not the plain HTTP/1.1 ones
+this expects (HTTP/2, a proxy transport, a compressed body, another httpx2 version); it decodes what a compressing
+proxy sent.
 """
 
 from __future__ import annotations
@@ -43,11 +44,11 @@ def body_reader(http_response: Any, timeout: float | None) -> BodyReader:
         state = connection._h11_state
         sock = connection._network_stream.get_extra_info("socket")
     except AttributeError:
-        return RawReader(http_response.iter_raw())
+        return HttpxReader(http_response.iter_bytes())
     if not isinstance(state, h11.Connection) or sock is None:
-        return RawReader(http_response.iter_raw())
+        return HttpxReader(http_response.iter_bytes())
     if http_response.headers.get("content-encoding", "identity").lower() != "identity":
-        return RawReader(http_response.iter_raw())
+        return HttpxReader(http_response.iter_bytes())
     sock.settimeout(timeout)
     if http_response.headers.get("transfer-encoding", "").lower() == "chunked" and _fresh_chunked_reader(state):
         return ChunkedBodyReader(state, sock)
@@ -155,8 +156,9 @@ class H11BodyReader:
         self._sock.settimeout(seconds)
 
 
-class RawReader:
-    """httpx2's own ``iter_raw()``, for what the readers above do not handle: it sets its own timeouts."""
+class HttpxReader:
+    """httpx2's own ``iter_bytes()``, for what the readers above do not handle: it decodes a compressed body and
+    sets its own timeouts."""
 
     __slots__ = ("_chunks",)
 

@@ -22,7 +22,7 @@ import orjson
 from openai.types.chat import ChatCompletionChunk
 
 from service.errors import ContentFiltered, ServiceError, UpstreamFailed
-from service.llm.body_reader import BodyReader, RawReader, body_reader
+from service.llm.body_reader import BodyReader, HttpxReader, body_reader
 from service.llm.errors import map_error_payload, map_open_error
 from service.llm.sse_decoder import SSEDataDecoder
 
@@ -123,7 +123,7 @@ class UpstreamStream:
 
     def _open_reader(self, response: httpx2.Response) -> BodyReader:
         self._reader = body_reader(response, self.read_timeout if self.timed_reads else None)
-        self.wakeable = not isinstance(self._reader, RawReader)
+        self.wakeable = not isinstance(self._reader, HttpxReader)
         return self._reader
 
     def _take_all(self, raw: bytes, texts: list[str]) -> bool:
@@ -247,7 +247,7 @@ class StreamingService:
         except Exception as exc:
             raise map_open_error(exc) from exc
         if self._open_options:
-            # the response timeout bounded the wait for the headers; httpx2's own body reads (the ``RawReader``
+            # the response timeout bounded the wait for the headers; httpx2's own body reads (the ``HttpxReader``
             # fallback) take theirs from this dict when they start, and must keep the margin past the watchdog
             extensions = response.request.extensions
             extensions["timeout"] = {**extensions.get("timeout", {}), "read": self.read_timeout}

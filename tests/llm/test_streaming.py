@@ -191,7 +191,7 @@ def test_a_finished_stream_lets_go_of_its_response(upstream: FakeUpstream) -> No
 
 def test_a_chunked_provider_body_takes_the_chunked_fast_path(upstream: FakeUpstream) -> None:
     """If a new httpx2 / httpcore2 / h11 moved the internals the reader reaches into, the body would still stream
-    through ``iter_raw()``, slower and unnoticed: this fails instead."""
+    through ``iter_bytes()``, slower and unnoticed: this fails instead."""
     stream = open_stream(upstream, "fast chunked #tokens=3")
     assert stream.next_batch() is not None
     assert type(stream._reader) is ChunkedBodyReader
