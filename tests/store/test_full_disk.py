@@ -2,8 +2,8 @@
 
 Through real gunicorn (gevent worker): a reply that ends while the disk is full still ends with ``done``, the
 database refuses its save (``database or disk is full``, logged), the save goes to the journal (or, when the
-journal sits on that same full disk, the worker's memory), the database file stays sound, and once space is freed
-the reply is stored, once.
+journal sits on that same full disk, the worker's memory), a write asked for meanwhile gets a retryable 503, the
+database file stays sound, and once space is freed the reply is stored, once.
 """
 
 from __future__ import annotations
@@ -145,6 +145,10 @@ def test_replies_ending_on_a_full_disk_are_kept_and_stored_once_space_is_freed(
             assert events[-1].type == "done"
             assert len(reply_text(events)) > 300_000
         assert conversation(server, new).status_code == 404  # really not stored while the disk is full
+        refused = httpx.delete(f"{server.url}{CONVERSATIONS}/{before[0].data['conversationId']}", timeout=10)
+        assert refused.status_code == 503, refused.text  # a write asked for now: a clear, retryable refusal
+        assert refused.json()["error"]["code"] == "database_unavailable"
+        assert int(refused.headers["Retry-After"]) >= 1
         assert "database or disk is full" in full_log(server)
         reply_ids = {new[0].data["messageId"], continued[0].data["messageId"]}
         if journal_on == "another_disk":
