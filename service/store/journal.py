@@ -161,8 +161,8 @@ class SaveJournal:
         self.in_memory = 0  # records its disk refused, held in ``pending`` only, since the last emptying replay
 
     def append(self, record: ExchangeRecord, reason: BaseException) -> None:
-        """Keep ``record`` on disk (fsynced before this returns) until ``replay`` writes it; ``reason`` is why the
-        database did not take it."""
+        """Keep ``record`` on disk (fsynced before this returns), or in memory when the disk refuses it, until
+        ``replay`` writes it; ``reason`` is why the database did not take it."""
         if record.ended_at is None:
             record = dataclasses.replace(record, ended_at=utcnow())
         try:
@@ -172,7 +172,7 @@ class SaveJournal:
         if not self.away:
             self.away = True
             why = _first_line(reason.__cause__ or reason)
-            log.warning("database unavailable (%s): journaling saves in %s", why, self.path)
+            log.warning("database unavailable (%s): journaling saves in %s", why, self.path or self.folder)
         if self._appended is not None:
             self._appended.set()
 
