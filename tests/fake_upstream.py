@@ -7,9 +7,10 @@ after N tokens; ``#error_after=N`` send an ``error`` object after N tokens; ``#s
 first token; ``#azure`` add filter-only and empty-choices chunks; ``#no_usage``; ``#filter_after=N`` finish
 with ``content_filter``; ``#length`` finish with ``length``; ``#one_write`` send the whole reply, headers and
 all, in one write; ``#keepalive`` keep the connection open for the next request (otherwise it is closed after
-each reply); ``#sized`` send the reply with a Content-Length instead of chunked; ``#context=PROVIDER
-#window=N`` refuse, in that provider's words (``CONTEXT_ERRORS``), any request whose messages hold more than N
-characters in all. It records every request and when each connection closed, as the upstream saw it.
+each reply); ``#hostile`` reply with ``HOSTILE_REPLY`` (markup and script, cut across tokens); ``#sized`` send
+the reply with a Content-Length instead of chunked; ``#context=PROVIDER #window=N`` refuse, in that
+provider's words (``CONTEXT_ERRORS``), any request whose messages hold more than N characters in all. It
+records every request and when each connection closed, as the upstream saw it.
 """
 
 from __future__ import annotations
@@ -29,6 +30,12 @@ WORDS = (
     "Baby sleep patterns change a lot in the first year . Newborns sleep sixteen hours a day in short "
     "stretches , and longer nights come with time ."
 ).split()
+# What a malicious or manipulated model might write: markup that runs script if a page ever renders it as HTML.
+HOSTILE_REPLY = (
+    'Look: <img src=x onerror="window.__xss=1;console.error(\'xss-ran\')"> and '
+    "<script>window.__xss=2;console.error('xss-ran')</script> "
+    '<a href="javascript:window.__xss=3">click</a> <b>bold</b> &amp; <iframe src="about:blank"></iframe>'
+)
 # How each kind of server words a prompt that does not fit its context window: (status, body).
 CONTEXT_ERRORS: dict[str, tuple[int, dict[str, Any]]] = {
     "openai": (
@@ -250,6 +257,8 @@ class _Handler(BaseHTTPRequestHandler):
         tokens = [(word if index == 0 else " " + word) for index, word in enumerate(WORDS * (count // len(WORDS) + 1))][
             :count
         ]
+        if "hostile" in script:  # cut mid-tag, as a model's tokens would be
+            tokens = [HOSTILE_REPLY[start : start + 7] for start in range(0, len(HOSTILE_REPLY), 7)]
         socket_writer, reply = self.wfile, io.BytesIO()
         if "sized" in script:
             self._sized(tokens)
