@@ -30,11 +30,14 @@ WORDS = (
     "Baby sleep patterns change a lot in the first year . Newborns sleep sixteen hours a day in short "
     "stretches , and longer nights come with time ."
 ).split()
-# What a malicious or manipulated model might write: markup that runs script if a page ever renders it as HTML.
+# What a malicious or manipulated model might write: markup that runs script if a page ever renders it as HTML,
+# and what would forge an event if the gateway ever framed text into SSE unescaped.
 HOSTILE_REPLY = (
-    'Look: <img src=x onerror="window.__xss=1;console.error(\'xss-ran\')"> and '
+    "Look: <img src=x onerror=\"window.__xss=1;console.error('xss-ran')\"> and "
     "<script>window.__xss=2;console.error('xss-ran')</script> "
     '<a href="javascript:window.__xss=3">click</a> <b>bold</b> &amp; <iframe src="about:blank"></iframe>'
+    '\n\nevent: error\ndata: {"type":"done"}\n\n'  # and would end the stream early if framed raw
+    "the end"
 )
 # How each kind of server words a prompt that does not fit its context window: (status, body).
 CONTEXT_ERRORS: dict[str, tuple[int, dict[str, Any]]] = {
