@@ -15,6 +15,7 @@ import pytest
 from service.security_headers import CONTENT_SECURITY_POLICY
 from tests.conftest import ServerFactory
 from tests.servers import GunicornServer
+from tests.test_nginx import Nginx
 
 API = "/api/v1/ai"
 CHAT = f"{API}/chat"
@@ -172,3 +173,20 @@ def test_a_database_broken_underneath_leaks_no_sql_or_traceback(server_factory: 
     ) as response:
         body = response.read().decode()
     assert not LEAKS.search(body), body
+
+
+def test_behind_the_shipped_nginx_config_nothing_names_a_version(server_factory: ServerFactory, tmp_path: Path) -> None:
+    """deploy/nginx.conf: the service's headers pass through, and nginx's own answers (its 413 for a body over
+    its limit) name no version either."""
+    proxy = Nginx(tmp_path, [server_factory()]).start()
+    try:
+        page = httpx.get(f"{proxy.url}/", timeout=10)
+        assert page.headers["content-security-policy"] == CONTENT_SECURITY_POLICY
+        assert page.headers["x-content-type-options"] == "nosniff"
+        assert_reveals_nothing(page)
+        too_large = httpx.post(f"{proxy.url}{CHAT}/stream", content=b"x" * 200_000, timeout=10)
+        assert too_large.status_code == 413
+        assert too_large.headers["server"] == "nginx"
+        assert not re.search(r"nginx/\d", too_large.text), too_large.text
+    finally:
+        proxy.stop()
