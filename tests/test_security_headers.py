@@ -7,9 +7,12 @@ from __future__ import annotations
 import re
 import socket
 import sqlite3
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 
 from service.security_headers import CONTENT_SECURITY_POLICY
@@ -18,6 +21,7 @@ from tests.servers import GunicornServer
 from tests.test_nginx import Nginx
 
 API = "/api/v1/ai"
+SHARED_POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
 CHAT = f"{API}/chat"
 # What must never reach a client: a traceback, a framework's or the interpreter's version, a statement or a driver.
 LEAKS = re.compile(
@@ -149,23 +153,50 @@ def test_a_request_gunicorn_refuses_itself_says_nothing_about_it(server: Gunicor
     assert not re.search(r"^server:.*\d", text, re.IGNORECASE | re.MULTILINE), text
 
 
-def test_a_database_broken_underneath_leaks_no_sql_or_traceback(server_factory: ServerFactory, tmp_path: Path) -> None:
-    """An unexpected failure deep in the store (its tables gone) answers the one JSON error shape, with no
-    statement, driver name or traceback, and the stream path ends with an SSE error event that says as little."""
-    running = server_factory()
+@pytest.fixture
+def own_postgres_database() -> Iterator[str]:
+    """A database of this test's own on the shared PostgreSQL, dropped afterwards (the test breaks its tables)."""
+    name = f"security_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(SHARED_POSTGRES, autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    with psycopg.connect(SHARED_POSTGRES, autocommit=True) as admin:
+        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def break_tables(database_url: str, sqlite_file: Path) -> None:
+    statements = ("DROP TABLE messages", "DROP TABLE conversations CASCADE")
+    if database_url.startswith("postgresql"):
+        with psycopg.connect(database_url.replace("+psycopg", ""), autocommit=True) as connection:
+            for statement in statements:
+                connection.execute(statement)  # type: ignore[arg-type]
+        return
+    with sqlite3.connect(sqlite_file) as connection:
+        for statement in statements:
+            connection.execute(statement.removesuffix(" CASCADE"))
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_a_database_broken_underneath_leaks_no_sql_or_traceback(
+    server_factory: ServerFactory, tmp_path: Path, request: pytest.FixtureRequest, database: str
+) -> None:
+    """An unexpected failure deep in the store (its tables gone: SQLite calls it an operational error, PostgreSQL
+    a programming error that nothing expects) answers the one JSON error shape, with no statement, driver name or
+    traceback, and the stream path ends with an SSE error event that says as little."""
+    url = request.getfixturevalue("own_postgres_database") if database == "postgresql" else ""
+    running = server_factory(DATABASE_URL=url) if url else server_factory()
     created = httpx.post(f"{running.url}{CHAT}", json={"message": "hello #tokens=2"}, timeout=10)
     assert created.status_code == 200, created.text
     conversation = created.json()["conversationId"]
-    with sqlite3.connect(tmp_path / "chat.sqlite3") as database:
-        database.execute("DROP TABLE messages")
-        database.execute("DROP TABLE conversations")
+    break_tables(url, tmp_path / "chat.sqlite3")
     answers = [
         httpx.get(f"{running.url}{API}/conversations/{conversation}", timeout=10),
         httpx.get(f"{running.url}{API}/conversations", timeout=10),
         httpx.post(f"{running.url}{CHAT}", json={"message": "again", "conversationId": conversation}, timeout=10),
     ]
+    expected = (500, "internal") if url else (503, "database_unavailable")
     for response in answers:
-        assert response.status_code >= 500, response.text
+        assert (response.status_code, response.json()["error"]["code"]) == expected, response.text
         assert set(response.json()["error"]) <= {"code", "message", "details"}
         assert_reveals_nothing(response)
     with httpx.stream(
@@ -173,6 +204,7 @@ def test_a_database_broken_underneath_leaks_no_sql_or_traceback(server_factory: 
     ) as response:
         body = response.read().decode()
     assert not LEAKS.search(body), body
+    assert "relation" not in body and "does not exist" not in body
 
 
 def test_behind_the_shipped_nginx_config_nothing_names_a_version(server_factory: ServerFactory, tmp_path: Path) -> None:
