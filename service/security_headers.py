@@ -7,7 +7,7 @@ script nor load anything, and no other site may frame the page.
 
 from __future__ import annotations
 
-from flask import Flask, Response
+from flask import Flask, Response, request
 
 CONTENT_SECURITY_POLICY = "; ".join(
     (
@@ -33,6 +33,11 @@ SECURITY_HEADERS: dict[str, str] = {
 }
 
 
+API_PATHS = "/api/"
+# Conversations and usage are private: no cache, the browser's own disk cache included, keeps a copy.
+PRIVATE = "no-store"
+
+
 def install_security_headers(app: Flask) -> None:
     """Add the headers to every response of ``app``, errors and event streams included."""
     app.after_request(add_security_headers)
@@ -41,4 +46,6 @@ def install_security_headers(app: Flask) -> None:
 def add_security_headers(response: Response) -> Response:
     for name, value in SECURITY_HEADERS.items():
         response.headers.setdefault(name, value)
+    if request.path.startswith(API_PATHS) and "Cache-Control" not in response.headers:
+        response.headers["Cache-Control"] = PRIVATE
     return response

@@ -96,12 +96,26 @@ def test_every_answer_says_nosniff_and_carries_the_policy(server: GunicornServer
     assert_reveals_nothing(response)
 
 
+def test_api_answers_are_kept_by_no_cache(server: GunicornServer) -> None:
+    created = httpx.post(f"{server.url}{CHAT}", json={"message": "private #tokens=2"}, timeout=10)
+    conversation = created.json()["conversationId"]
+    for response in (
+        created,
+        httpx.get(f"{server.url}{API}/conversations/{conversation}", timeout=10),
+        httpx.get(f"{server.url}{API}/conversations", timeout=10),
+        httpx.get(f"{server.url}{API}/usage", timeout=10),
+        httpx.get(f"{server.url}{API}/conversations/not-a-conversation", timeout=10),
+    ):
+        assert response.headers["cache-control"] == "no-store", response.url
+
+
 def test_the_event_stream_carries_the_headers_too(server: GunicornServer) -> None:
     with httpx.stream("POST", f"{server.url}{CHAT}/stream", json={"message": "hi #tokens=2"}, timeout=10) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
         assert response.headers["x-content-type-options"] == "nosniff"
         assert response.headers["content-security-policy"] == CONTENT_SECURITY_POLICY
+        assert "no-cache" in response.headers["cache-control"]
         response.read()
 
 
