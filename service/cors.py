@@ -15,7 +15,7 @@ from flask import Flask, Response
 from flask_cors import CORS
 
 ALLOWED_HEADERS = ("Authorization", "Content-Type", "Last-Event-ID", "X-Request-ID")
-EXPOSED_HEADERS = ("X-Request-ID", "Retry-After")
+EXPOSED_HEADERS = ("X-Request-ID", "Retry-After", "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
 ALLOWED_METHODS = ("GET", "POST", "DELETE")
 PREFLIGHT_MAX_AGE = 600  # seconds a browser may reuse a preflight's answer
 

@@ -139,7 +139,7 @@ def test_the_event_stream_is_readable_by_an_allowed_origin(cors_server: Gunicorn
         assert response.headers["content-type"].startswith("text/event-stream")
         assert response.headers["access-control-allow-origin"] == ALLOWED
         exposed = {item.strip().lower() for item in response.headers["access-control-expose-headers"].split(",")}
-        assert "x-request-id" in exposed
+        assert {"x-request-id", "retry-after", "x-ratelimit-remaining"} <= exposed
         assert varies_on_origin(response)
         events = list(read_events(response))
     assert [event.type for event in events][-1] == "done"
