@@ -1,4 +1,5 @@
-"""Builds the standalone Flask app: settings, the gateway with its views, the page, the error shape."""
+"""Builds the standalone Flask app: settings, the gateway with its views, the page, the error shape, the security
+headers and CORS (docs/security.md)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from typing import Any
 from flask import Flask
 
 from service.config import Settings
+from service.cors import install_cors
 from service.gateway import ChatGateway
+from service.security_headers import install_security_headers
 
 
 def build_app(overrides: Mapping[str, Any] | None = None, settings: Settings | None = None) -> Flask:
@@ -18,4 +21,6 @@ def build_app(overrides: Mapping[str, Any] | None = None, settings: Settings | N
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
     ChatGateway().init_app(app, settings=settings, standalone=True)
+    install_security_headers(app)
+    install_cors(app, settings.cors_origins)
     return app

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from service.env import ConfigError, EnvReader
+from service.origins import parse_origins
 
 __all__ = ["ConfigError", "Settings", "default_database_url"]
 
@@ -63,6 +64,7 @@ class Settings:
     blocked_terms: tuple[str, ...] = ()
     moderation: bool = False
     local_model_url: str | None = None
+    cors_origins: tuple[str, ...] = ()  # exact origins whose pages may call the API; none: CORS off
 
     @property
     def provider(self) -> str:
@@ -132,6 +134,7 @@ class Settings:
             blocked_terms=reader.items("BLOCKED_TERMS"),
             moderation=reader.switch("MODERATION"),
             local_model_url=reader.optional("LOCAL_MODEL_URL"),
+            cors_origins=parse_origins("CORS_ORIGINS", reader.items("CORS_ORIGINS")),
         )
         return settings
 

@@ -7,14 +7,15 @@ after N tokens; ``#error_after=N`` send an ``error`` object after N tokens; ``#s
 first token; ``#azure`` add filter-only and empty-choices chunks; ``#no_usage``; ``#filter_after=N`` finish
 with ``content_filter``; ``#length`` finish with ``length``; ``#one_write`` send the whole reply, headers and
 all, in one write; ``#keepalive`` keep the connection open for the next request (otherwise it is closed after
-each reply); ``#sized`` send the reply with a Content-Length instead of chunked; ``#context=PROVIDER
-#window=N`` refuse, in that provider's words (``CONTEXT_ERRORS``), any request whose messages hold more than N
-characters in all. Faults: ``#header_delay=S`` wait S seconds before the response headers; ``#retry_after=S``
-send ``Retry-After: S`` with a ``#status`` failure; ``#malformed_after=N`` send a chunk that is not JSON after N
-tokens; ``#big=BYTES`` make the first token BYTES long; ``#one_byte`` make every token one character;
-``#linger=S`` keep the body open S seconds after ``data: [DONE]`` before ending it; ``#gzip`` compress the
-stream (``Content-Encoding: gzip``, flushed event by event, as a compressing proxy sends it). It records every request
-(with the time it came) and when each connection closed, as the upstream saw it.
+each reply); ``#hostile`` reply with ``HOSTILE_REPLY`` (markup and script, cut across tokens); ``#sized`` send
+the reply with a Content-Length instead of chunked; ``#context=PROVIDER #window=N`` refuse, in that provider's
+words (``CONTEXT_ERRORS``), any request whose messages hold more than N characters in all. Faults:
+``#header_delay=S`` wait S seconds before the response headers; ``#retry_after=S`` send ``Retry-After: S`` with a
+``#status`` failure; ``#malformed_after=N`` send a chunk that is not JSON after N tokens; ``#big=BYTES`` make the
+first token BYTES long; ``#one_byte`` make every token one character; ``#linger=S`` keep the body open S seconds
+after ``data: [DONE]`` before ending it; ``#gzip`` compress the stream (``Content-Encoding: gzip``, flushed event
+by event, as a compressing proxy sends it). It records every request (with the time it came) and when each
+connection closed, as the upstream saw it.
 """
 
 from __future__ import annotations
@@ -35,6 +36,15 @@ WORDS = (
     "Baby sleep patterns change a lot in the first year . Newborns sleep sixteen hours a day in short "
     "stretches , and longer nights come with time ."
 ).split()
+# What a malicious or manipulated model might write: markup that runs script if a page ever renders it as HTML,
+# and what would forge an event if the gateway ever framed text into SSE unescaped.
+HOSTILE_REPLY = (
+    "Look: <img src=x onerror=\"window.__xss=1;console.error('xss-ran')\"> and "
+    "<script>window.__xss=2;console.error('xss-ran')</script> "
+    '<a href="javascript:window.__xss=3">click</a> <b>bold</b> &amp; <iframe src="about:blank"></iframe>'
+    '\n\nevent: error\ndata: {"type":"done"}\n\n'  # and would end the stream early if framed raw
+    "the end"
+)
 # How each kind of server words a prompt that does not fit its context window: (status, body).
 CONTEXT_ERRORS: dict[str, tuple[int, dict[str, Any]]] = {
     "openai": (
@@ -157,6 +167,8 @@ def _chunk(content: str | None = None, finish: str | None = None, role: bool = F
 
 def _tokens(script: dict[str, str], count: int) -> list[str]:
     """The reply's text deltas: words by default, one character each with ``#one_byte``, the first ``#big``."""
+    if "hostile" in script:  # cut mid-tag, as a model's tokens would be
+        return [HOSTILE_REPLY[start : start + 7] for start in range(0, len(HOSTILE_REPLY), 7)]
     if "one_byte" in script:
         tokens = ["ab"[index % 2] for index in range(count)]
     else:
