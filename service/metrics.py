@@ -123,6 +123,7 @@ class Metrics:
             registry=shared,
         )
         self.sampled: list[tuple[Gauge, Callable[[], float]]] = []
+        self._by_model: dict[str, ModelSeries] = {}
         self.worker = WorkerGauges()
         self.registry.register(self.worker)
 
@@ -163,30 +164,60 @@ class Metrics:
         resolver = "gevent's name resolver in this worker (gunicorn.conf.py picks c-ares)."
         worker.infos.append(("chat_process_resolver", resolver, {"resolver": _resolver_name()}))
 
+    def for_model(self, model: str) -> ModelSeries:
+        series = self._by_model.get(model)
+        if series is None:
+            series = self._by_model[model] = ModelSeries(self, model)
+        return series
+
     def stream_started(self, model: str) -> None:
-        self.streams_started.labels(model).inc()
+        self.for_model(model).started.inc()
 
     def stream_ended(self, chat: ChatStream, seconds: float) -> None:
         """Once per stream, at its end."""
         model, outcome, tokens = chat.metadata.model, chat.outcome, chat.tokens_relayed
-        self.streams_ended.labels(outcome, model).inc()
-        self.tokens.labels(model).inc(tokens)
-        self.stream_seconds.labels(model).observe(seconds)
+        series = self.for_model(model)
+        series.ended(outcome).inc()
+        series.tokens.inc(tokens)
+        series.stream_seconds.observe(seconds)
         if outcome in UPSTREAM_OUTCOMES:
             self.upstream_errors.labels(outcome).inc()
         ttft = chat.ttft_ms
         if ttft is not None:
-            self.first_token_seconds.labels(model).observe(ttft / 1000)
+            series.first_token_seconds.observe(ttft / 1000)
         rate = chat.tokens_per_second(tokens, seconds)
         if rate is not None:
-            self.tokens_per_second.labels(model).observe(rate)
+            series.tokens_per_second.observe(rate)
 
     def first_token_written(self, chat: ChatStream) -> None:
-        self.relay_delay_seconds.labels(chat.metadata.model).observe(time.monotonic() - chat.first_token_at)
+        self.for_model(chat.metadata.model).relay_delay_seconds.observe(time.monotonic() - chat.first_token_at)
 
     def render(self) -> bytes:
         self.sample()
         return generate_latest(self.registry)
+
+
+class ModelSeries:
+    """One model's series of the by-model metrics, looked up once: ``labels()`` checks and locks on every call, and
+    each stream made eight of them. Models come from ``ALLOWED_MODELS``, so there are few of these."""
+
+    def __init__(self, metrics: Metrics, model: str) -> None:
+        self.model = model
+        self._metrics = metrics
+        self._ended: dict[str, Any] = {}
+        self.started = metrics.streams_started.labels(model)
+        self.tokens = metrics.tokens.labels(model)
+        self.stream_seconds = metrics.stream_seconds.labels(model)
+        self.first_token_seconds = metrics.first_token_seconds.labels(model)
+        self.relay_delay_seconds = metrics.relay_delay_seconds.labels(model)
+        self.tokens_per_second = metrics.tokens_per_second.labels(model)
+
+    def ended(self, outcome: str) -> Any:
+        """The ``chat_streams_ended`` series of this model and ``outcome`` (an error code: a short, fixed list)."""
+        series = self._ended.get(outcome)
+        if series is None:
+            series = self._ended[outcome] = self._metrics.streams_ended.labels(outcome, self.model)
+        return series
 
 
 def _resolver_name() -> str:

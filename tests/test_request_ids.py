@@ -41,6 +41,9 @@ def test_a_request_id_follows_the_reply_everywhere(server_factory: ServerFactory
     sent = [item for item in upstream.recorder.requests if secret_words in json.dumps(item["body"])]
     sent_ids = [{name.lower(): value for name, value in item["headers"].items()}.get("x-request-id") for item in sent]
     assert sent_ids == [given]
+    sent_headers = {name.lower() for name in sent[0]["headers"]}
+    assert not {name for name in sent_headers if name.startswith("x-stainless")}  # no SDK telemetry: host, versions
+    assert {"authorization", "content-type", "user-agent"} <= sent_headers
 
     made = httpx.post(server.url + STREAM, json={"message": "no id given #tokens=2"}, timeout=10)
     made_id = made.headers["X-Request-ID"]

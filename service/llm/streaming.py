@@ -24,6 +24,7 @@ from openai.types.chat import ChatCompletionChunk
 from service.errors import ContentFiltered, ServiceError, UpstreamFailed
 from service.llm.body_reader import BodyReader, HttpxReader, body_reader
 from service.llm.errors import map_error_payload, map_open_error
+from service.llm.providers import UNSENT_HEADERS
 from service.llm.sse_decoder import SSEDataDecoder
 
 log = logging.getLogger(__name__)
@@ -257,10 +258,9 @@ class StreamingService:
         return UpstreamStream(response, self.read_timeout)
 
     def _options_for(self, request: CompletionRequest) -> openai.RequestOptions:
-        if not request.request_id:
-            return self._open_options
         options = self._open_options.copy()
-        options["headers"] = {"X-Request-ID": request.request_id}
+        request_id = request.request_id
+        options["headers"] = {**UNSENT_HEADERS, "X-Request-ID": request_id} if request_id else UNSENT_HEADERS
         return options
 
     def moderate(self, text: str) -> bool:
