@@ -29,7 +29,7 @@ def settings_for(monkeypatch: pytest.MonkeyPatch, **env: str) -> dict[str, objec
 
 def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     conf = settings_for(monkeypatch, PORT="8123")
-    assert conf["worker_class"] == "gevent"
+    assert conf["worker_class"] == "service.worker.GatewayWorker"  # gunicorn's gevent worker with a head deadline
     assert conf["bind"] == "127.0.0.1:8123"
     assert int(conf["worker_connections"]) >= 2000  # type: ignore[call-overload]
     assert conf["preload_app"] is False

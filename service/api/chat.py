@@ -43,7 +43,7 @@ _LAST_EVENT_ID = re.compile(r"^(?P<stream>[0-9a-f]{32}):(?P<sequence>\d{1,9})$")
 
 
 def _chat_request(found: Services, user_id: str) -> ChatRequest:
-    body = load(_schema, json_body(found.settings.max_body_bytes))
+    body = load(_schema, json_body(found.settings.max_body_bytes, found.settings.request_read_timeout_seconds))
     model = body["model"]
     if model is not None and model not in found.settings.allowed_models:
         raise InvalidRequest(

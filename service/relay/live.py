@@ -167,7 +167,8 @@ class LiveStream:
     def stalled(self, seconds: float) -> None:
         """The send guard's call, in the hub: the owner's client has not taken a write for ``seconds``. The
         stream ends ``client_stalled`` once the guard has shut the connection and the write fails."""
-        if not self.chat.stopping and self.chat.interrupt(ClientStalled(f"The client stopped reading: a write waited {seconds:.0f} s.")):
+        stalled = ClientStalled(f"The client stopped reading: a write waited {seconds:.0f} s.")
+        if not self.chat.stopping and self.chat.interrupt(stalled):
             log.warning("stream %s stopped: its client read nothing for %.0f s", self.stream_id, seconds)
 
     def ping(self) -> None:
