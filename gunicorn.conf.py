@@ -15,6 +15,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from service.config import graceful_timeout as graceful_timeout_of  # the checkout's package (the line above)
 from service.env import ConfigError, EnvReader
 from service.logs import FORMATS, GatewayLogger, configure_logging
+from service.worker import GatewayWorker
 
 _env = EnvReader()
 
@@ -29,7 +30,8 @@ def _int(name: str, default: int, minimum: int = 0) -> int:
 
 bind = _env.optional("GUNICORN_BIND") or f"{_env.text('HOST', '127.0.0.1')}:{_env.text('PORT', '8000')}"
 workers = _int("WEB_CONCURRENCY", 1, minimum=1)
-worker_class = "gevent"
+# gunicorn's gevent worker, with a deadline on request heads: REQUEST_READ_TIMEOUT_SECONDS whatever the keep-alive
+worker_class = "service.worker.GatewayWorker"
 worker_connections = _int("GUNICORN_WORKER_CONNECTIONS", 10_000, minimum=1)
 timeout = _int("GUNICORN_TIMEOUT", 30)
 # on SIGTERM running streams go on to their end (the app drains): by default as long as the longest stream may run
@@ -38,6 +40,10 @@ try:
 except ConfigError as error:
     raise SystemExit(str(error)) from None
 keepalive = _int("GUNICORN_KEEPALIVE", 5)
+try:
+    GatewayWorker.head_timeout = _env.number("REQUEST_READ_TIMEOUT_SECONDS", 10.0)
+except ConfigError as error:
+    raise SystemExit(str(error)) from None
 backlog = _int("GUNICORN_BACKLOG", 4096, minimum=1)
 loglevel = _env.text("LOG_LEVEL", "info").lower()
 # LOG_FORMAT=json (the default here): one JSON object a line, gunicorn's lines and access log included, each with

@@ -2,6 +2,10 @@
 
 With neither key set, auth is off: every request is the one local user, and ``create_app`` logs a warning.
 An app that mounts the gateway may name the user its own way instead (``user_loader``, see ``service.gateway``).
+
+Only the configured algorithm is accepted: a token that says ``alg: none``, or HS256 where the key is RS256's
+public key (the key-confusion attack), is refused before any signature is checked. Every refusal is ``401
+unauthorized`` with ``details.reason`` saying which check failed and RFC 6750's ``WWW-Authenticate`` header.
 """
 
 from __future__ import annotations
@@ -16,6 +20,27 @@ from service.config import Settings
 from service.errors import Unauthorized
 
 LOCAL_USER = "local"
+# PyJWT's refusals, most specific first (several derive from others), as (reason, message)
+_REFUSALS: tuple[tuple[type[jwt.PyJWTError], str, str], ...] = (
+    (jwt.ExpiredSignatureError, "expired", "The token has expired."),
+    (jwt.ImmatureSignatureError, "not_yet_valid", "The token is not valid yet."),
+    (jwt.InvalidAudienceError, "wrong_audience", "The token is not meant for this service (audience)."),
+    (jwt.InvalidIssuerError, "wrong_issuer", "The token comes from an issuer this service does not trust."),
+    (jwt.MissingRequiredClaimError, "missing_claim", "The token lacks a required claim."),
+    (jwt.InvalidAlgorithmError, "algorithm_not_allowed", "The token is signed with an algorithm not accepted here."),
+    (jwt.InvalidSignatureError, "bad_signature", "The token's signature does not match."),
+    (jwt.DecodeError, "malformed", "The token is not a well-formed JWT."),
+)
+
+
+def refused(reason: str, message: str) -> Unauthorized:
+    """``401 unauthorized`` naming the failed check, with the header RFC 6750 asks for."""
+    error = Unauthorized(message, {"reason": reason})
+    if reason == "missing":
+        error.headers["WWW-Authenticate"] = "Bearer"
+    else:
+        error.headers["WWW-Authenticate"] = f'Bearer error="invalid_token", error_description="{message}"'
+    return error
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +84,7 @@ class Authenticator:
             return Identity(LOCAL_USER)
         scheme, _, token = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            raise Unauthorized("A bearer token is required.")
+            raise refused("missing", "A bearer token is required.")
         try:
             claims = jwt.decode(
                 token.strip(),
@@ -69,14 +94,19 @@ class Authenticator:
                 issuer=self.settings.jwt_issuer,
                 options={"require": ["exp", "sub"]},
             )
-        except jwt.ExpiredSignatureError:
-            raise Unauthorized("The token has expired.") from None
-        except jwt.PyJWTError:
-            raise Unauthorized("The token is not valid.") from None
+        except jwt.PyJWTError as error:
+            raise self._refusal(error) from None
         subject = claims.get("sub")
         if not isinstance(subject, str) or not subject:
-            raise Unauthorized("The token names no user.")
+            raise refused("missing_claim", "The token names no user.")
         return Identity(subject, claims.get(self.settings.admin_claim) is True)
+
+    @staticmethod
+    def _refusal(error: jwt.PyJWTError) -> Unauthorized:
+        for kind, reason, message in _REFUSALS:
+            if isinstance(error, kind):
+                return refused(reason, message)
+        return refused("invalid", "The token is not valid.")
 
 
 def current_identity(auth: Authenticator) -> Identity:

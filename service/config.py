@@ -51,6 +51,8 @@ class Settings:
     stream_idle_timeout: float = 60.0
     stream_max_seconds: float = 300.0
     heartbeat_seconds: float = 15.0
+    send_timeout_seconds: float = 30.0  # longest a write waits for a client that does not read
+    request_read_timeout_seconds: float = 10.0  # longest a client takes to send a request's head, and its body
     resume_grace_seconds: float = 15.0
     drain_seconds: float = 313.0  # gunicorn's graceful timeout less the margin its own kill needs
     jwt_secret: str | None = None
@@ -121,6 +123,8 @@ class Settings:
             stream_idle_timeout=reader.number("STREAM_IDLE_TIMEOUT", 60.0),
             stream_max_seconds=reader.number("STREAM_MAX_SECONDS", 300.0),
             heartbeat_seconds=reader.number("HEARTBEAT_SECONDS", 15.0),
+            send_timeout_seconds=reader.number("SEND_TIMEOUT_SECONDS", 30.0),
+            request_read_timeout_seconds=reader.number("REQUEST_READ_TIMEOUT_SECONDS", 10.0),
             resume_grace_seconds=reader.number("RESUME_GRACE_SECONDS", 15.0, minimum=0.0),
             drain_seconds=max(0.0, graceful_timeout(reader) - DRAIN_MARGIN),
             jwt_secret=reader.optional("JWT_SECRET"),

@@ -9,6 +9,7 @@ ServiceError                      code                 status  (retryable once s
 │   ├── Unauthorized              unauthorized         401
 │   ├── Forbidden                 forbidden            403
 │   ├── NotFound                  not_found            404
+│   ├── RequestTimeout            request_timeout      408
 │   ├── PayloadTooLarge           payload_too_large    413
 │   ├── UnsupportedMediaType      unsupported_media_type 415
 │   ├── RateLimited               rate_limited         429 (+ Retry-After)
@@ -23,6 +24,7 @@ ServiceError                      code                 status  (retryable once s
     ├── UpstreamFailed            upstream_error       retryable
     ├── ContentFiltered           content_filtered
     ├── Cancelled                 cancelled
+    ├── ClientStalled             client_stalled       retryable
     ├── ServerShutdown            server_shutdown      retryable
     └── InternalError             internal
 ```
@@ -102,6 +104,12 @@ class NotFound(RequestError):
 
 class MethodNotAllowed(RequestError):
     code, status, default_message = "method_not_allowed", 405, "That method is not allowed here."
+
+
+class RequestTimeout(RequestError):
+    """The client took longer than ``REQUEST_READ_TIMEOUT_SECONDS`` to send its body."""
+
+    code, status, default_message = "request_timeout", 408, "The request body did not arrive in time."
 
 
 class PayloadTooLarge(RequestError):
@@ -184,6 +192,13 @@ class ContentFiltered(StreamError):
 
 class Cancelled(StreamError):
     code, default_message = "cancelled", "The stream was cancelled."
+
+
+class ClientStalled(StreamError):
+    """The stream's own client stopped reading (its connection stayed open, its receive window shut) for
+    ``SEND_TIMEOUT_SECONDS``: the stream is ended and saved rather than held open for it."""
+
+    code, retryable, default_message = "client_stalled", True, "The client stopped reading the stream."
 
 
 class ServerShutdown(StreamError):

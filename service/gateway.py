@@ -135,6 +135,7 @@ def build_services(settings: Settings, user_loader: UserLoader | None = None) ->
             settings.stream_idle_timeout,
             settings.stream_max_seconds,
             settings.resume_grace_seconds,
+            settings.send_timeout_seconds,
         ),
         slots=build_stream_slots(settings, health),
         budget=TokenBudget(settings, health),

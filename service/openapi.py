@@ -14,6 +14,7 @@ _ERRORS = {
     "401": "unauthorized",
     "403": "forbidden",
     "404": "not_found",
+    "408": "request_timeout (the body did not arrive in time)",
     "413": "payload_too_large",
     "415": "unsupported_media_type",
     "429": "rate_limited (see Retry-After)",
@@ -64,7 +65,7 @@ def build_spec() -> dict[str, Any]:
     }.items():
         spec.components.schema(name, schema=schema)
     body = {"required": True, "content": {"application/json": {"schema": "ChatRequest"}}}
-    all_errors = _errors("400", "401", "404", "413", "415", "429", "502", "503")
+    all_errors = _errors("400", "401", "404", "408", "413", "415", "429", "502", "503")
     stream_id, conversation_id = _path_parameter("streamId"), _path_parameter("conversationId")
     last_event = {"name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "string"}}
     page = [{"name": name, "in": "query", "schema": {"type": "integer"}} for name in ("limit", "offset")]

@@ -29,10 +29,25 @@ def settings_for(monkeypatch: pytest.MonkeyPatch, **env: str) -> dict[str, objec
 
 def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     conf = settings_for(monkeypatch, PORT="8123")
-    assert conf["worker_class"] == "gevent"
+    assert conf["worker_class"] == "service.worker.GatewayWorker"  # gunicorn's gevent worker with a head deadline
     assert conf["bind"] == "127.0.0.1:8123"
     assert int(conf["worker_connections"]) >= 2000  # type: ignore[call-overload]
     assert conf["preload_app"] is False
+
+
+def test_the_request_read_timeout_reaches_the_worker_and_a_bad_one_stops_start_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from service.worker import GatewayWorker
+
+    default = GatewayWorker.head_timeout
+    try:
+        settings_for(monkeypatch, REQUEST_READ_TIMEOUT_SECONDS="7.5")
+        assert GatewayWorker.head_timeout == 7.5
+        with pytest.raises(SystemExit, match="REQUEST_READ_TIMEOUT_SECONDS"):
+            settings_for(monkeypatch, REQUEST_READ_TIMEOUT_SECONDS="soon")
+    finally:
+        GatewayWorker.head_timeout = default
 
 
 def test_everything_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -27,6 +27,7 @@ from service.errors import (
 from service.extensions import Services, services
 from service.metrics import Metrics
 from service.relay.live import LiveStream
+from service.relay.send_guard import GuardedBody, send_guard
 from service.relay.sse import STREAM_HEADERS
 from service.relay.watchdog import Watchdog
 from service.schemas import ChatRequestSchema, ChatResponseSchema, load
@@ -42,7 +43,7 @@ _LAST_EVENT_ID = re.compile(r"^(?P<stream>[0-9a-f]{32}):(?P<sequence>\d{1,9})$")
 
 
 def _chat_request(found: Services, user_id: str) -> ChatRequest:
-    body = load(_schema, json_body(found.settings.max_body_bytes))
+    body = load(_schema, json_body(found.settings.max_body_bytes, found.settings.request_read_timeout_seconds))
     model = body["model"]
     if model is not None and model not in found.settings.allowed_models:
         raise InvalidRequest(
@@ -173,10 +174,12 @@ def resume_stream(stream_id: str) -> Response:
             )
         after = int(match["sequence"])
     live = found.streams.get(stream_id, user_id)
+    guard, connection = send_guard(found.timing.send_timeout), request.environ.get("gunicorn.socket")
     if live is not None:
-        return _event_stream(live.read(after))
+        return _event_stream(GuardedBody(live.read(after), guard, connection))
     if found.shared is not None and found.shared.owned_by(stream_id, user_id):  # running on another host
-        return _event_stream(found.shared.read(stream_id, after, found.settings.heartbeat_seconds))
+        replay = found.shared.read(stream_id, after, found.settings.heartbeat_seconds)
+        return _event_stream(GuardedBody(replay, guard, connection))
     raise NotFound("No such stream.")
 
 

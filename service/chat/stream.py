@@ -113,7 +113,8 @@ class ChatStream:
             yield batch
         finally:
             if not self.finished:
-                self.finish(Cancelled("The client disconnected before the reply finished."))
+                # cut short at a write: with the reason it was stopped for, if any (a stalled client, a limit)
+                self.finish(self._stop or Cancelled("The client disconnected before the reply finished."))
 
     def finish(self, error: ServiceError | None) -> Done | Error:
         """Close the upstream, save the exchange once, and return the stream's last event."""

@@ -11,6 +11,12 @@ read (the only place it is thrown), which returns an empty batch that goes out a
 A client whose connection drops without a cancel has ``resume_grace`` seconds to come back with ``Last-Event-ID``:
 the stream goes on meanwhile in a greenlet of its own (only then does it need one), and ends ``cancelled``, its
 partial reply saved, if no reader is attached when the grace runs out. With a grace of 0 a drop ends it at once.
+
+A client that stays connected but stops reading is another matter: the owner's write blocks. ``writing_since``
+says since when; the send guard (``service.relay.send_guard``) ends the stream ``client_stalled`` when that
+passes ``SEND_TIMEOUT_SECONDS``, and while a write blocks the model is not read, so the idle clock stands still.
+Other readers each have a bounded queue: one that falls ``FOLLOWER_QUEUE_LIMIT`` batches behind gets a
+``reader_behind`` error (without an id, so it resumes from its last event) and is let go.
 """
 
 from __future__ import annotations
@@ -22,18 +28,22 @@ from typing import Final
 
 import gevent
 from gevent.event import Event as Signal
-from gevent.queue import SimpleQueue
+from gevent.queue import Full, SimpleQueue
 
-from service.chat.events import Token
+from service.chat.events import Error, Token
 from service.chat.stream import ChatStream
-from service.errors import Cancelled, StreamError
+from service.errors import Cancelled, ClientStalled, StreamError
 from service.interrupts import WakeUp
 from service.relay.mirror import StreamMirror
-from service.relay.sse import PING, encode_batch, encode_event, event_prefix, retry_field
+from service.relay.sse import PING, encode_batch, encode_event, encode_unnumbered, event_prefix, retry_field
 
 log = logging.getLogger(__name__)
 END: Final = b""
 CLIENT_GONE = "The client disconnected before the reply finished."
+FOLLOWER_QUEUE_LIMIT: Final = 256  # batches (and pings) a reader may have waiting before it is let go
+READER_BEHIND: Final = encode_unnumbered(
+    Error("reader_behind", "This reader fell behind the stream; resume from the last event id you have.", True)
+)
 
 
 class LiveStream:
@@ -62,6 +72,7 @@ class LiveStream:
         self.prefix = event_prefix(self.stream_id)
         self.next_sequence = 0
         self.readers: list[SimpleQueue[bytes]] = []
+        self.writing_since: float | None = None  # while the owner's client is being written to
         self.done = False
         self.finished_at = 0.0
         self.last_token_at = self.last_write_at = time.monotonic()
@@ -85,7 +96,11 @@ class LiveStream:
                     data = PING
                 if head:
                     data, head = head + data, b""
+                self.writing_since = time.monotonic()
                 yield data
+                # the model was not read while the write waited: that wait is not the model's silence
+                self.last_token_at += time.monotonic() - self.writing_since
+                self.writing_since = None
                 del batch, data  # not kept alive while the stream waits for its next read
                 if first_unwritten and self.chat.first_token_at:  # gunicorn has written it: it asked for more
                     first_unwritten = False
@@ -96,8 +111,7 @@ class LiveStream:
             self.end()
 
     def _publish(self, data: bytes, count: int) -> None:
-        for reader in self.readers:  # before anything that could yield to another greenlet
-            reader.put(data)
+        self._deliver(data)  # before anything that could yield to another greenlet
         if self.mirror is not None:
             self.mirror.publish(self.next_sequence, data)
         self.next_sequence += count
@@ -121,14 +135,46 @@ class LiveStream:
             callback()
         if self.mirror is not None:
             self.mirror.close()
+        self._deliver(END)
+
+    def _deliver(self, data: bytes) -> None:
+        """Queue ``data`` for every other reader; one whose queue is full is let go, never waited for."""
+        behind: list[SimpleQueue[bytes]] = []
         for reader in self.readers:
-            reader.put(END)
+            try:
+                reader.put_nowait(data)
+            except Full:
+                behind.append(reader)
+        for reader in behind:
+            self._let_go(reader)
+
+    def _let_go(self, reader: SimpleQueue[bytes]) -> None:
+        """A reader that fell behind: what it has waiting is dropped (a resume replays it), it gets
+        ``reader_behind`` and its end, and the stream goes on without it."""
+        while not reader.empty():
+            reader.get_nowait()
+        reader.put_nowait(READER_BEHIND)
+        reader.put_nowait(END)
+        self._remove_reader(reader)
+        log.info("stream %s: a reader fell %d batches behind and was let go", self.stream_id, FOLLOWER_QUEUE_LIMIT)
+
+    def _remove_reader(self, reader: SimpleQueue[bytes]) -> None:
+        if reader in self.readers:
+            self.readers.remove(reader)
+            if self.owner_gone and not self.readers and not self.done:
+                self._unread()
+
+    def stalled(self, seconds: float) -> None:
+        """The send guard's call, in the hub: the owner's client has not taken a write for ``seconds``. The
+        stream ends ``client_stalled`` once the guard has shut the connection and the write fails."""
+        stalled = ClientStalled(f"The client stopped reading: a write waited {seconds:.0f} s.")
+        if not self.chat.stopping and self.chat.interrupt(stalled):
+            log.warning("stream %s stopped: its client read nothing for %.0f s", self.stream_id, seconds)
 
     def ping(self) -> None:
         """Keep quiet connections open (heartbeat); costs nothing while tokens flow."""
         self.last_write_at = time.monotonic()
-        for reader in self.readers:
-            reader.put(PING)
+        self._deliver(PING)
         if self.chat.wakeable:
             gevent.get_hub().loop.run_callback(self._wake)
 
@@ -141,9 +187,10 @@ class LiveStream:
         """End the stream with ``error`` unless it is already ending; True if this call stops it.
 
         Only an owner that is reading the upstream is interrupted (never one that is saving or writing); one that
-        has not begun reading is told to stop when it does.
+        has not begun reading is told to stop when it does. The first reason stands: the hang-up that follows a
+        stalled client's cut does not turn ``client_stalled`` into ``cancelled``.
         """
-        if self.done or not self.chat.interrupt(error):
+        if self.done or self.chat.stopping or not self.chat.interrupt(error):
             return False
         if self.chat.interruptible:
             gevent.get_hub().loop.run_callback(self._interrupt, error)
@@ -192,7 +239,7 @@ class LiveStream:
 
     def read(self, after: int = -1) -> Iterator[bytes]:
         """The ``retry`` field, every event after sequence ``after``, then live events until the end."""
-        queue: SimpleQueue[bytes] = SimpleQueue()
+        queue: SimpleQueue[bytes] = SimpleQueue(FOLLOWER_QUEUE_LIMIT)
         yield retry_field()
         backlog = self._backlog(after)
         if not self.done:
@@ -219,10 +266,7 @@ class LiveStream:
                     item = b"".join(items)
                 yield item
         finally:
-            if queue in self.readers:
-                self.readers.remove(queue)
-                if self.owner_gone and not self.readers and not self.done:
-                    self._unread()
+            self._remove_reader(queue)
 
     def _backlog(self, after: int) -> bytes:
         """The published events after ``after``, framed again from the metadata, the parts and the last event."""

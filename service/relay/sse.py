@@ -43,3 +43,8 @@ def encode_batch(prefix: bytes, first_sequence: int, events: Sequence[Event]) ->
     if len(events) == 1:
         return encode_event(prefix, first_sequence, events[0])
     return b"".join(encode_event(prefix, first_sequence + offset, event) for offset, event in enumerate(events))
+
+
+def encode_unnumbered(event: Event) -> bytes:
+    """An event without ``id:``: a client's last event id stays where it was, so it can resume from there."""
+    return b"data: %s\n\n" % orjson.dumps(event.payload())

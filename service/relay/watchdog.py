@@ -1,10 +1,12 @@
-"""One watchdog per stream: heartbeat, idle timeout, longest stream, and the client's socket.
+"""One watchdog per stream: heartbeat, idle timeout, longest stream, the client's socket and its writes.
 
 A WSGI generator learns of a gone client only when a write fails, and a silent model means no writes; so
 the watchdog waits on the client socket itself and, the moment the peer hangs up, starts the resume grace (or,
 with none, stops the stream and closes the upstream request). It also ends a stream nobody came back to read
-within the grace. Nothing here runs per token: the stream only stamps ``last_token_at``.
-Stopping never blocks here: ``LiveStream.stop`` interrupts the stream's greenlet from the hub.
+within the grace. Nothing here runs per token: the stream only stamps ``last_token_at`` and, around each write,
+``writing_since``. Stopping never blocks here: ``LiveStream.stop`` interrupts the stream's greenlet from the hub.
+A stream blocked writing to a client that does not read cannot be interrupted there: the send guard cuts such a
+write after ``send_timeout``, and the longest-stream limit shuts the connection itself, so it holds then too.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import gevent
 
 from service.errors import Cancelled, IdleTimeout
 from service.relay.live import CLIENT_GONE, LiveStream
+from service.relay.send_guard import Watched, hang_up, send_guard
 
 log = logging.getLogger(__name__)
 MIN_DELAY = 0.01
@@ -31,6 +34,7 @@ class Timing:
     idle_timeout: float
     max_seconds: float
     resume_grace: float = 0.0
+    send_timeout: float = 30.0  # longest a write to a client may wait for it to read
 
 
 def peer_closed(sock: socket.socket) -> bool | None:
@@ -54,10 +58,12 @@ class Watchdog:
         self.loop = gevent.get_hub().loop
         self.timer: Any = None
         self.reader: Any = None
+        self.guarded: Watched | None = None
         self.client = client
         if client is not None:
             self.reader = self.loop.io(client.fileno(), 1)
             self.reader.start(self._on_readable)
+            self.guarded = send_guard(timing.send_timeout).watch(live, client)
         live.on_done.append(self.close)
         live.rearm = self._arm
         # this timer ends a silent stream (idle timeout) before any read timeout would: the upstream's reads
@@ -69,11 +75,9 @@ class Watchdog:
         live, timing = self.live, self.timing
         if live.done:
             return
-        deadline = min(
-            live.last_write_at + timing.heartbeat,
-            live.last_token_at + timing.idle_timeout,
-            self.started + timing.max_seconds,
-        )
+        deadline = min(live.last_write_at + timing.heartbeat, self.started + timing.max_seconds)
+        if live.writing_since is None:  # while a write waits the model is not read: no idle deadline
+            deadline = min(deadline, live.last_token_at + timing.idle_timeout)
         if live.unread_since is not None:
             deadline = min(deadline, live.unread_since + timing.resume_grace)
         delay = max(MIN_DELAY, deadline - time.monotonic())
@@ -90,10 +94,12 @@ class Watchdog:
             self.close()
             return
         now = time.monotonic()
-        if now - live.last_token_at >= timing.idle_timeout:
+        if live.writing_since is None and now - live.last_token_at >= timing.idle_timeout:
             live.stop(IdleTimeout(f"The model sent nothing for {timing.idle_timeout:g} s."))
         elif now - self.started >= timing.max_seconds:
             live.stop(IdleTimeout(f"The reply took longer than the {timing.max_seconds:g} s limit."))
+            if live.writing_since is not None and self.client is not None:
+                hang_up(self.client)  # the owner waits on a client that does not read: end that wait too
         elif live.unread_since is not None and now - live.unread_since >= timing.resume_grace:
             if live.mirror is not None:  # a reader may have come back through another host: ask Redis first
                 live.unread_since = None  # not asked again until the answer is in
@@ -121,12 +127,13 @@ class Watchdog:
             self._end_unread()
 
     def _on_readable(self) -> None:
-        if self.client is None:
+        if self.client is None or self.reader is None:
             return
         gone = peer_closed(self.client)
         if gone is None:
             return
-        self.release_client()  # data or hang-up: either way, stop watching the socket
+        self.reader.close()  # data or hang-up: either way, stop watching the socket for reads
+        self.reader = None
         if not gone:
             return
         if self.live.outlives_client():
@@ -139,6 +146,9 @@ class Watchdog:
         if self.reader is not None:
             self.reader.close()
             self.reader = None
+        if self.guarded is not None:
+            send_guard(self.timing.send_timeout).forget(self.guarded)
+            self.guarded = None
         self.client = None
 
     def close(self) -> None:

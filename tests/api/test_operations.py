@@ -66,7 +66,7 @@ def test_openapi_agrees_with_the_responses(client: FlaskClient) -> None:
     document = client.get("/openapi.json").get_json()
     paths = document["paths"]
     stream_responses = paths["/api/v1/ai/chat/stream"]["post"]["responses"]
-    assert set(stream_responses) == {"200", "400", "401", "404", "413", "415", "429", "502", "503"}
+    assert set(stream_responses) == {"200", "400", "401", "404", "408", "413", "415", "429", "502", "503"}
     assert "text/event-stream" in stream_responses["200"]["content"]
     request = document["components"]["schemas"]["ChatRequest"]
     assert set(request["properties"]) == set(ChatRequestSchema().fields) == {"message", "conversationId", "model"}
