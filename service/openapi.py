@@ -23,8 +23,82 @@ _ERRORS = {
 _EVENT_STREAM = {
     "description": "Server-Sent Events: metadata, token…, then one done or error (docs/protocol.md). "
     "Each event has `id: <streamId>:<n>`; `: ping` comments keep quiet streams open.",
-    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    # OpenAPI 3.0 has a text/event-stream schema describe each event (its fields after SSE parsing).
+    "content": {"text/event-stream": {"schema": {"$ref": "#/components/schemas/StreamEvent"}}},
 }
+_USAGE_FIELDS = ("promptTokens", "completionTokens", "totalTokens")
+# What a stream event's ``data`` holds (one line of compact JSON); a client ignores types and fields it does not know.
+_EVENT_DATA: dict[str, dict[str, Any]] = {
+    "MetadataEvent": {
+        "required": ["type", "streamId", "conversationId", "messageId", "model"],
+        "properties": {
+            "streamId": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+            "conversationId": {"type": "string", "format": "uuid"},
+            "messageId": {"type": "string", "format": "uuid"},
+            "model": {"type": "string"},
+            "requestId": {"type": "string"},
+            "omittedTurns": {"type": "integer", "minimum": 1},
+        },
+    },
+    "TokenEvent": {"required": ["type", "content"], "properties": {"content": {"type": "string"}}},
+    "DoneEvent": {
+        "required": ["type", "finishReason", "usage", "tokensPerSecond"],
+        "properties": {
+            "finishReason": {"type": "string"},
+            "usage": {
+                "type": "object",
+                "required": list(_USAGE_FIELDS),
+                "properties": {
+                    **{name: {"type": "integer", "minimum": 0} for name in _USAGE_FIELDS},
+                    "estimated": {"type": "boolean"},
+                },
+            },
+            "tokensPerSecond": {"type": "number", "nullable": True},
+        },
+    },
+    "ErrorEvent": {
+        "required": ["type", "error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["code", "message", "retryable"],
+                "properties": {
+                    "code": {"type": "string"},
+                    "message": {"type": "string"},
+                    "retryable": {"type": "boolean"},
+                },
+            }
+        },
+    },
+}
+
+
+def _stream_event_schemas() -> dict[str, dict[str, Any]]:
+    """``StreamEvent`` (one SSE event as a client's parser sees it) and the JSON shapes its ``data`` carries."""
+    shapes: dict[str, dict[str, Any]] = {}
+    for name, shape in _EVENT_DATA.items():
+        kind = name.removesuffix("Event").lower()
+        properties = {"type": {"type": "string", "enum": [kind]}, **shape["properties"]}
+        shapes[name] = {"type": "object", "required": shape["required"], "properties": properties}
+    shapes["StreamEventData"] = {
+        "description": "The JSON in a stream event's `data`, told apart by `type`.",
+        "oneOf": [{"$ref": f"#/components/schemas/{name}"} for name in _EVENT_DATA],
+        "discriminator": {
+            "propertyName": "type",
+            "mapping": {name.removesuffix("Event").lower(): f"#/components/schemas/{name}" for name in _EVENT_DATA},
+        },
+    }
+    shapes["StreamEvent"] = {
+        "type": "object",
+        "required": ["id", "data"],
+        "properties": {
+            "id": {"type": "string", "pattern": "^[0-9a-f]{32}:[0-9]+$", "description": "`<streamId>:<n>`"},
+            "event": {"type": "string", "enum": ["message"]},
+            "data": {"type": "string", "description": "One line of compact JSON: a `StreamEventData`."},
+            "retry": {"type": "integer"},
+        },
+    }
+    return shapes
 
 
 def _errors(*codes: str) -> dict[str, Any]:
@@ -63,11 +137,16 @@ def build_spec() -> dict[str, Any]:
         "UsageReport": schemas.UsageReportSchema,
     }.items():
         spec.components.schema(name, schema=schema)
+    for name, component in _stream_event_schemas().items():
+        spec.components.schema(name, component)
     body = {"required": True, "content": {"application/json": {"schema": "ChatRequest"}}}
     all_errors = _errors("400", "401", "404", "413", "415", "429", "502", "503")
     stream_id, conversation_id = _path_parameter("streamId"), _path_parameter("conversationId")
     last_event = {"name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "string"}}
-    page = [{"name": name, "in": "query", "schema": {"type": "integer"}} for name in ("limit", "offset")]
+    page = [
+        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": schemas.MAX_PAGE_SIZE}},
+        {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": schemas.MAX_OFFSET}},
+    ]
     operations: dict[str, dict[str, Any]] = {
         "/api/v1/ai/chat/stream": {
             "post": _secured("Stream a reply", {"200": _EVENT_STREAM, **all_errors}, requestBody=body),
