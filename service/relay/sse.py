@@ -5,11 +5,14 @@ Deliberate choices (do not "fix" without reading why):
 - ``data`` is always one line of compact JSON (orjson never emits a raw newline), so no multi-line splitting.
 - Every event carries ``id: <streamId>:<n>`` so a reconnecting ``EventSource`` resumes with ``Last-Event-ID``.
 - A batch of events becomes one ``bytes``: the caller writes it in one syscall.
+- Text that UTF-8 cannot carry (lone UTF-16 surrogates, which a ``str`` may hold) is sent as U+FFFD; a surrogate
+  pair becomes the character it stands for. A bad character must not cost the client the whole event.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import orjson
 
@@ -35,7 +38,7 @@ def event_prefix(stream_id: str) -> bytes:
 
 def encode_event(prefix: bytes, sequence: int, event: Event) -> bytes:
     """One event as ``id:`` and ``data:`` lines and the blank line that ends it."""
-    return b"%s%d\ndata: %s\n\n" % (prefix, sequence, orjson.dumps(event.payload()))
+    return b"%s%d\ndata: %s\n\n" % (prefix, sequence, _json(event.payload()))
 
 
 def encode_batch(prefix: bytes, first_sequence: int, events: Sequence[Event]) -> bytes:
@@ -43,3 +46,21 @@ def encode_batch(prefix: bytes, first_sequence: int, events: Sequence[Event]) ->
     if len(events) == 1:
         return encode_event(prefix, first_sequence, events[0])
     return b"".join(encode_event(prefix, first_sequence + offset, event) for offset, event in enumerate(events))
+
+
+def _json(payload: dict[str, Any]) -> bytes:
+    try:
+        return orjson.dumps(payload)
+    except orjson.JSONEncodeError:  # a lone surrogate somewhere: the rare slow path
+        return orjson.dumps(_well_formed(payload))
+
+
+def _well_formed(value: Any) -> Any:
+    """``value`` with every string's surrogate pairs joined and its lone surrogates replaced by U+FFFD."""
+    if isinstance(value, str):
+        return value.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+    if isinstance(value, dict):
+        return {key: _well_formed(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_well_formed(item) for item in value]
+    return value
