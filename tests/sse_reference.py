@@ -83,14 +83,14 @@ def field_lines(draw: st.DrawFn) -> str:
 
 
 @st.composite
-def event_streams(draw: st.DrawFn, line_ends: tuple[str, ...] = ("\n", "\r", "\r\n")) -> bytes:
+def event_streams(draw: st.DrawFn, line_ends: tuple[str, ...] = ("\n", "\r", "\r\n"), bom: bool = True) -> bytes:
     """Arbitrary lines joined by any mix of ``line_ends``, maybe behind a BOM, maybe ending mid-line."""
     lines = draw(st.lists(field_lines(), max_size=25))
     ends = draw(st.lists(st.sampled_from(line_ends), min_size=len(lines), max_size=len(lines)))
     text = "".join(line + end for line, end in zip(lines, ends, strict=True))
     if draw(st.booleans()):
         text += draw(field_lines())  # an unfinished last line
-    if draw(st.integers(0, 9)) == 0:
+    if bom and draw(st.integers(0, 9)) == 0:
         text = "\ufeff" + text
     return text.encode()
 
