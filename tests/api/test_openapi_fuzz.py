@@ -34,7 +34,13 @@ API = "/api/v1/ai"
 # Bounded so that the whole module stays well under two minutes on two shared cores.
 MAX_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "12"))
 CONFIG = {
-    "generation": {"max-examples": MAX_EXAMPLES, "mode": "all", "deterministic": True},
+    # The tests send the Authorization header themselves (none, Alice's, Bob's): schemathesis leaves it alone.
+    "generation": {
+        "max-examples": MAX_EXAMPLES,
+        "mode": "all",
+        "deterministic": True,
+        "with-security-parameters": False,
+    },
     "phases": {"stateful": {"enabled": False}},
     "checks": {
         # A made-up id is a 404 and a request without a token a 401: valid data is not always accepted.
@@ -55,6 +61,10 @@ class AliceData:
     conversation: dict[str, Any]
     finished_stream_id: str
     live_stream_id: str
+
+    @property
+    def stream_ids(self) -> tuple[str, str]:
+        return self.finished_stream_id, self.live_stream_id
 
 
 @pytest.fixture(scope="module")
@@ -127,26 +137,29 @@ def test_the_fuzzed_document_is_the_served_one(secured_server: GunicornServer) -
     assert httpx.get(f"{secured_server.url}/openapi.json").json() == json.loads(json.dumps(DOCUMENT))
 
 
-def _as_alice_target(case: Case, alice: AliceData) -> Case | None:
-    """The same case aimed at Alice's own conversation or streams, or None when it names none."""
+def _aimed_at_alice(case: Case, alice: AliceData) -> list[Case]:
+    """The same case aimed at each of Alice's conversation and streams that its operation can name."""
     parameters = dict(case.path_parameters or {})
-    body = case.body
+    headers = {name: value for name, value in (case.headers or {}).items() if name.lower() != "authorization"}
+    bodies: list[Any] = [case.body]
+    targets: list[dict[str, Any]] = []
     if "conversationId" in parameters:
-        parameters["conversationId"] = alice.conversation_id
+        targets = [{**parameters, "conversationId": alice.conversation_id}]
     elif "streamId" in parameters:
-        parameters["streamId"] = alice.live_stream_id if case.method == "DELETE" else alice.finished_stream_id
-    elif case.path.endswith("/chat") or case.path.endswith("/chat/stream"):
-        if not isinstance(body, dict):
-            return None
-        body = {**body, "conversationId": alice.conversation_id}
-    else:
-        return None
-    headers = {name: value for name, value in (case.headers or {}).items() if name.lower() not in ("authorization",)}
-    if "streamId" in parameters and case.method == "GET" and "Last-Event-ID" in headers:
-        headers["Last-Event-ID"] = f"{parameters['streamId']}:0"
-    return case.operation.Case(
-        path_parameters=parameters, query=case.query, headers=headers, body=body, media_type=case.media_type
-    )
+        targets = [{**parameters, "streamId": stream_id} for stream_id in alice.stream_ids]
+    elif case.path.endswith(("/chat", "/chat/stream")) and isinstance(case.body, dict):
+        targets, bodies = [parameters], [{**case.body, "conversationId": alice.conversation_id}]
+    probes = []
+    for target in targets:
+        if "Last-Event-ID" in headers and "streamId" in target:
+            headers = {**headers, "Last-Event-ID": f"{target['streamId']}:0"}
+        for body in bodies:
+            probes.append(
+                case.operation.Case(
+                    path_parameters=target, query=case.query, headers=headers, body=body, media_type=case.media_type
+                )
+            )
+    return probes
 
 
 @schema.parametrize()
@@ -165,13 +178,42 @@ def test_every_operation_conforms_and_keeps_users_apart(
             for data in event_data(response.content):
                 errors = [error.message for error in EVENT_DATA.iter_errors(json.loads(data))]
                 assert not errors, (data, errors)
-    probe = _as_alice_target(case, alice)
-    if probe is None:
-        return
-    for headers, refused in ((bearer(token("bob")), {400, 404, 413, 415}), ({}, {401})):
-        response = probe.call(base_url=secured_server.url, headers=headers, timeout=30)
-        assert response.status_code in refused, (probe.method, probe.formatted_path, response.status_code)
-        probe.validate_response(response)
+    for probe in _aimed_at_alice(case, alice):
+        for headers, refused in ((bearer(token("bob")), {400, 404, 413, 415}), ({}, {401})):
+            response = probe.call(base_url=secured_server.url, headers=headers, timeout=30)
+            assert response.status_code in refused, (probe.method, probe.formatted_path, response.status_code)
+            probe.validate_response(response)
+
+
+@pytest.mark.parametrize("who", ["bob", "no one"])
+def test_nobody_else_can_read_resume_cancel_or_delete_alices_things(
+    secured_server: GunicornServer, alice: AliceData, who: str
+) -> None:
+    headers = bearer(token("bob")) if who == "bob" else {}
+    refused = 404 if who == "bob" else 401
+    url = f"{secured_server.url}{API}"
+    conversation = f"{url}/conversations/{alice.conversation_id}"
+    attempts = [
+        ("GET", conversation, {}, None),
+        ("DELETE", conversation, {}, None),
+        ("POST", f"{url}/chat", {}, {"message": "mine now", "conversationId": alice.conversation_id}),
+        ("POST", f"{url}/chat/stream", {}, {"message": "mine now", "conversationId": alice.conversation_id}),
+    ]
+    for stream_id in alice.stream_ids:
+        attempts += [
+            ("GET", f"{url}/chat/stream/{stream_id}", {}, None),
+            ("GET", f"{url}/chat/stream/{stream_id}", {"Last-Event-ID": f"{stream_id}:0"}, None),
+            ("DELETE", f"{url}/chat/stream/{stream_id}", {}, None),
+        ]
+    for method, target, extra, body in attempts:
+        response = httpx.request(method, target, headers={**headers, **extra}, json=body, timeout=10)
+        assert response.status_code == refused, (method, target, response.status_code)
+        assert response.json()["error"]["code"] == ("not_found" if who == "bob" else "unauthorized")
+    listing = httpx.get(f"{url}/conversations", headers=headers, timeout=10)
+    if who == "bob":
+        assert alice.conversation_id not in {item["id"] for item in listing.json()["conversations"]}
+    else:
+        assert listing.status_code == 401
 
 
 def test_alice_data_is_intact_after_the_fuzz(secured_server: GunicornServer, alice: AliceData) -> None:
