@@ -154,12 +154,12 @@ def build_spec() -> dict[str, Any]:
         "/api/v1/ai/chat/stream/{streamId}": {
             "get": _secured(
                 "Resume a stream after Last-Event-ID",
-                {"200": _EVENT_STREAM, **_errors("400", "401", "404")},
+                {"200": _EVENT_STREAM, **_errors("400", "401", "404", "503")},
                 parameters=[stream_id, last_event],
             ),
             "delete": _secured(
                 "Cancel a stream",
-                {"204": {"description": "cancelled"}, **_errors("401", "404")},
+                {"204": {"description": "cancelled"}, **_errors("401", "404", "503")},
                 parameters=[stream_id],
             ),
         },
@@ -173,14 +173,14 @@ def build_spec() -> dict[str, Any]:
         "/api/v1/ai/conversations": {
             "get": _secured(
                 "The caller's conversations, newest first",
-                {"200": _json("conversations", "ConversationList"), **_errors("400", "401")},
+                {"200": _json("conversations", "ConversationList"), **_errors("400", "401", "503")},
                 parameters=page,
             ),
         },
         "/api/v1/ai/usage": {
             "get": _secured(
                 "The caller's token usage (an admin's: any user's, or every user's with user=*)",
-                {"200": _json("totals by day or by model", "UsageReport"), **_errors("400", "401", "403")},
+                {"200": _json("totals by day or by model", "UsageReport"), **_errors("400", "401", "403", "503")},
                 parameters=[
                     {"name": name, "in": "query", "schema": {"type": "string"}, "description": description}
                     for name, description in (
@@ -195,12 +195,12 @@ def build_spec() -> dict[str, Any]:
         "/api/v1/ai/conversations/{conversationId}": {
             "get": _secured(
                 "One conversation with its messages, oldest first",
-                {"200": _json("the conversation", "ConversationDetail"), **_errors("401", "404")},
+                {"200": _json("the conversation", "ConversationDetail"), **_errors("401", "404", "503")},
                 parameters=[conversation_id],
             ),
             "delete": _secured(
                 "Delete a conversation",
-                {"204": {"description": "deleted"}, **_errors("401", "404")},
+                {"204": {"description": "deleted"}, **_errors("401", "404", "503")},
                 parameters=[conversation_id],
             ),
         },
@@ -214,6 +214,7 @@ def build_spec() -> dict[str, Any]:
         ("/favicon.ico", "The page's icon (SVG)"),
     ):
         operations[path] = {"get": {"summary": summary, "responses": {"200": {"description": "ok"}}}}
+    operations["/readyz"]["get"]["responses"]["503"] = {"description": "not ready: `checks` names what is not"}
     operations["/static/{filename}"] = {
         "get": {
             "summary": "The page's modules, styles and icon",

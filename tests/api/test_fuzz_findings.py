@@ -1,17 +1,21 @@
-"""What the API fuzzer found, kept as plain requests to the real server: each was a 500 or a response the
+"""What fuzzing the API found, kept as plain requests to the real server: each was a 500 or a response the
 OpenAPI document did not describe."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 
 import httpx
 import jsonschema_rs
 import pytest
+import schemathesis
+from schemathesis.checks import not_a_server_error
 
 from service.openapi import build_spec
 from service.schemas import MAX_OFFSET
-from tests.servers import GunicornServer
+from tests.conftest import ServerFactory
+from tests.servers import GunicornServer, PostgresServer
 from tests.sse import stream
 
 API = "/api/v1/ai"
@@ -72,3 +76,32 @@ def test_every_stream_event_is_as_the_document_describes(server: GunicornServer)
         assert event.is_valid({"id": item.id, "event": "message", "data": json.dumps(item.data)}), item
         assert data.is_valid(item.data), item.data
     assert not data.is_valid({"type": "token"})  # the document does hold the events to their shape
+
+
+@pytest.fixture
+def postgres() -> Iterator[PostgresServer]:
+    server = PostgresServer().create()
+    yield server
+    server.remove()
+
+
+def test_the_answers_while_the_database_is_away_are_documented(
+    server_factory: ServerFactory, postgres: PostgresServer
+) -> None:
+    server = server_factory(DATABASE_URL=postgres.url)
+    conversation_id = stream(server.url, {"message": "kept #tokens=2"})[0].data["conversationId"]
+    postgres.stop("fast")
+    document = schemathesis.openapi.from_dict(build_spec())
+    asked = [
+        ("/api/v1/ai/conversations", "GET", {}),
+        ("/api/v1/ai/conversations/{conversationId}", "GET", {"conversationId": conversation_id}),
+        ("/api/v1/ai/conversations/{conversationId}", "DELETE", {"conversationId": conversation_id}),
+        ("/api/v1/ai/usage", "GET", {}),
+        ("/readyz", "GET", {}),
+    ]
+    for path, method, parameters in asked:
+        case = document[path][method].Case(path_parameters=parameters)
+        response = case.call(base_url=server.url, timeout=10)
+        assert response.status_code == 503, (path, method, response.text)
+        # the status, the content type and the body are as documented (a 503 is the point here, not a failure)
+        case.validate_response(response, excluded_checks=[not_a_server_error])
