@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 
 from service.chat.events import Event
+from service.well_formed import well_formed
 
 RETRY_MS = 3000
 PING = b": ping\n\n"
@@ -52,15 +53,4 @@ def _json(payload: dict[str, Any]) -> bytes:
     try:
         return orjson.dumps(payload)
     except orjson.JSONEncodeError:  # a lone surrogate somewhere: the rare slow path
-        return orjson.dumps(_well_formed(payload))
-
-
-def _well_formed(value: Any) -> Any:
-    """``value`` with every string's surrogate pairs joined and its lone surrogates replaced by U+FFFD."""
-    if isinstance(value, str):
-        return value.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
-    if isinstance(value, dict):
-        return {key: _well_formed(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_well_formed(item) for item in value]
-    return value
+        return orjson.dumps(well_formed(payload))

@@ -7,11 +7,17 @@ It also counts a last event that lacks its blank line (``flush``), where a brows
 
 from __future__ import annotations
 
+import json
+
+import orjson
+import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from service.llm.chunk_json import load_chunk
 from service.llm.chunked import ChunkedDecoder
 from service.llm.sse_decoder import SSEDataDecoder
+from service.well_formed import well_formed
 from tests.sse_reference import event_streams, parse, splits
 
 
@@ -70,3 +76,19 @@ def test_any_split_of_a_chunked_body_gives_the_same_body(
     assert decoded == body
     assert decoder.done
     assert decoder.leftover == leftover
+
+
+@settings(max_examples=200)
+@given(text=st.text(st.characters(codec=None, exclude_categories=[])))
+@example(text="\ud83d")  # half of 😀, as a provider cutting between UTF-16 units sends it
+@example(text="\ud83d\ude00")
+def test_a_chunks_json_is_read_whatever_its_escapes(text: str) -> None:
+    chunk = json.dumps({"choices": [{"delta": {"content": text}}]}).encode()  # ensure_ascii: surrogates escaped
+    assert load_chunk(chunk) == {"choices": [{"delta": {"content": well_formed(text)}}]}
+
+
+def test_a_chunk_that_is_not_json_is_refused_as_orjson_refuses_it() -> None:
+    with pytest.raises(orjson.JSONDecodeError):
+        load_chunk(b'{"choices": [')
+    with pytest.raises(orjson.JSONDecodeError):
+        load_chunk(b'"\\ud83d')  # a lone surrogate, but no closing quote either

@@ -11,11 +11,16 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import httpx
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from service.chat.events import Done, Error, Event, Metadata, Token, Usage
+from service.client import ChatClient
+from service.client.events import Token as ClientToken
 from service.relay.sse import encode_batch, encode_event, event_prefix, retry_field
+from tests.fake_upstream import AWKWARD_TOKENS
+from tests.servers import GunicornServer
 from tests.sse_reference import ReferenceEvent, parse
 
 STREAM_ID = "9a7abb1bf0ac470a8906724cf691ec1d"
@@ -113,3 +118,22 @@ def test_lone_surrogates_are_sent_as_the_replacement_character() -> None:
         (event,) = decoded(encode_event(PREFIX, 1, Token(content)))
         assert json.loads(event.data)["content"] == sent
         assert well_formed(content) == sent
+
+
+def test_awkward_text_from_the_provider_reaches_the_client_and_the_conversation(server: GunicornServer) -> None:
+    expected = [well_formed(text) for text in AWKWARD_TOKENS]
+    assert expected[4:6] == ["\ufffd", "\ufffd"]  # each half of the split pair is a lone surrogate
+    with httpx.stream(
+        "POST", f"{server.url}/api/v1/ai/chat/stream", json={"message": "awkward #awkward_text"}, timeout=30
+    ) as response:
+        assert response.status_code == 200
+        body = response.read()
+    events = [json.loads(event.data) for event in parse(body).events]
+    assert [event["type"] for event in events] == ["metadata"] + ["token"] * len(expected) + ["done"], events[-1]
+    assert [event["content"] for event in events[1:-1]] == expected
+    with ChatClient(server.url) as client:
+        streamed = list(client.stream("again #awkward_text"))
+        assert "".join(event.content for event in streamed if isinstance(event, ClientToken)) == "".join(expected)
+        conversation = client.conversation(events[0]["conversationId"])
+    assert conversation["messages"][1]["content"] == "".join(expected)
+    assert conversation["messages"][1]["status"] == "complete"
