@@ -24,8 +24,82 @@ _ERRORS = {
 _EVENT_STREAM = {
     "description": "Server-Sent Events: metadata, token…, then one done or error (docs/protocol.md). "
     "Each event has `id: <streamId>:<n>`; `: ping` comments keep quiet streams open.",
-    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    # OpenAPI 3.0 has a text/event-stream schema describe each event (its fields after SSE parsing).
+    "content": {"text/event-stream": {"schema": {"$ref": "#/components/schemas/StreamEvent"}}},
 }
+_USAGE_FIELDS = ("promptTokens", "completionTokens", "totalTokens")
+# What a stream event's ``data`` holds (one line of compact JSON); a client ignores types and fields it does not know.
+_EVENT_DATA: dict[str, dict[str, Any]] = {
+    "MetadataEvent": {
+        "required": ["type", "streamId", "conversationId", "messageId", "model"],
+        "properties": {
+            "streamId": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+            "conversationId": {"type": "string", "format": "uuid"},
+            "messageId": {"type": "string", "format": "uuid"},
+            "model": {"type": "string"},
+            "requestId": {"type": "string"},
+            "omittedTurns": {"type": "integer", "minimum": 1},
+        },
+    },
+    "TokenEvent": {"required": ["type", "content"], "properties": {"content": {"type": "string"}}},
+    "DoneEvent": {
+        "required": ["type", "finishReason", "usage", "tokensPerSecond"],
+        "properties": {
+            "finishReason": {"type": "string"},
+            "usage": {
+                "type": "object",
+                "required": list(_USAGE_FIELDS),
+                "properties": {
+                    **{name: {"type": "integer", "minimum": 0} for name in _USAGE_FIELDS},
+                    "estimated": {"type": "boolean"},
+                },
+            },
+            "tokensPerSecond": {"type": "number", "nullable": True},
+        },
+    },
+    "ErrorEvent": {
+        "required": ["type", "error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["code", "message", "retryable"],
+                "properties": {
+                    "code": {"type": "string"},
+                    "message": {"type": "string"},
+                    "retryable": {"type": "boolean"},
+                },
+            }
+        },
+    },
+}
+
+
+def _stream_event_schemas() -> dict[str, dict[str, Any]]:
+    """``StreamEvent`` (one SSE event as a client's parser sees it) and the JSON shapes its ``data`` carries."""
+    shapes: dict[str, dict[str, Any]] = {}
+    for name, shape in _EVENT_DATA.items():
+        kind = name.removesuffix("Event").lower()
+        properties = {"type": {"type": "string", "enum": [kind]}, **shape["properties"]}
+        shapes[name] = {"type": "object", "required": shape["required"], "properties": properties}
+    shapes["StreamEventData"] = {
+        "description": "The JSON in a stream event's `data`, told apart by `type`.",
+        "oneOf": [{"$ref": f"#/components/schemas/{name}"} for name in _EVENT_DATA],
+        "discriminator": {
+            "propertyName": "type",
+            "mapping": {name.removesuffix("Event").lower(): f"#/components/schemas/{name}" for name in _EVENT_DATA},
+        },
+    }
+    shapes["StreamEvent"] = {
+        "type": "object",
+        "required": ["id", "data"],
+        "properties": {
+            "id": {"type": "string", "pattern": "^[0-9a-f]{32}:[0-9]+$", "description": "`<streamId>:<n>`"},
+            "event": {"type": "string", "enum": ["message"]},
+            "data": {"type": "string", "description": "One line of compact JSON: a `StreamEventData`."},
+            "retry": {"type": "integer"},
+        },
+    }
+    return shapes
 
 
 def _errors(*codes: str) -> dict[str, Any]:
@@ -64,11 +138,16 @@ def build_spec() -> dict[str, Any]:
         "UsageReport": schemas.UsageReportSchema,
     }.items():
         spec.components.schema(name, schema=schema)
+    for name, component in _stream_event_schemas().items():
+        spec.components.schema(name, component)
     body = {"required": True, "content": {"application/json": {"schema": "ChatRequest"}}}
     all_errors = _errors("400", "401", "404", "408", "413", "415", "429", "502", "503")
     stream_id, conversation_id = _path_parameter("streamId"), _path_parameter("conversationId")
     last_event = {"name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "string"}}
-    page = [{"name": name, "in": "query", "schema": {"type": "integer"}} for name in ("limit", "offset")]
+    page = [
+        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": schemas.MAX_PAGE_SIZE}},
+        {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": schemas.MAX_OFFSET}},
+    ]
     operations: dict[str, dict[str, Any]] = {
         "/api/v1/ai/chat/stream": {
             "post": _secured("Stream a reply", {"200": _EVENT_STREAM, **all_errors}, requestBody=body),
@@ -76,12 +155,12 @@ def build_spec() -> dict[str, Any]:
         "/api/v1/ai/chat/stream/{streamId}": {
             "get": _secured(
                 "Resume a stream after Last-Event-ID",
-                {"200": _EVENT_STREAM, **_errors("400", "401", "404")},
+                {"200": _EVENT_STREAM, **_errors("400", "401", "404", "503")},
                 parameters=[stream_id, last_event],
             ),
             "delete": _secured(
                 "Cancel a stream",
-                {"204": {"description": "cancelled"}, **_errors("401", "404")},
+                {"204": {"description": "cancelled"}, **_errors("401", "404", "503")},
                 parameters=[stream_id],
             ),
         },
@@ -95,14 +174,14 @@ def build_spec() -> dict[str, Any]:
         "/api/v1/ai/conversations": {
             "get": _secured(
                 "The caller's conversations, newest first",
-                {"200": _json("conversations", "ConversationList"), **_errors("400", "401")},
+                {"200": _json("conversations", "ConversationList"), **_errors("400", "401", "503")},
                 parameters=page,
             ),
         },
         "/api/v1/ai/usage": {
             "get": _secured(
                 "The caller's token usage (an admin's: any user's, or every user's with user=*)",
-                {"200": _json("totals by day or by model", "UsageReport"), **_errors("400", "401", "403")},
+                {"200": _json("totals by day or by model", "UsageReport"), **_errors("400", "401", "403", "503")},
                 parameters=[
                     {"name": name, "in": "query", "schema": {"type": "string"}, "description": description}
                     for name, description in (
@@ -117,12 +196,12 @@ def build_spec() -> dict[str, Any]:
         "/api/v1/ai/conversations/{conversationId}": {
             "get": _secured(
                 "One conversation with its messages, oldest first",
-                {"200": _json("the conversation", "ConversationDetail"), **_errors("401", "404")},
+                {"200": _json("the conversation", "ConversationDetail"), **_errors("401", "404", "503")},
                 parameters=[conversation_id],
             ),
             "delete": _secured(
                 "Delete a conversation",
-                {"204": {"description": "deleted"}, **_errors("401", "404")},
+                {"204": {"description": "deleted"}, **_errors("401", "404", "503")},
                 parameters=[conversation_id],
             ),
         },
@@ -136,6 +215,7 @@ def build_spec() -> dict[str, Any]:
         ("/favicon.ico", "The page's icon (SVG)"),
     ):
         operations[path] = {"get": {"summary": summary, "responses": {"200": {"description": "ok"}}}}
+    operations["/readyz"]["get"]["responses"]["503"] = {"description": "not ready: `checks` names what is not"}
     operations["/static/{filename}"] = {
         "get": {
             "summary": "The page's modules, styles and icon",

@@ -10,6 +10,9 @@ from marshmallow import RAISE, Schema, ValidationError, fields, post_dump, post_
 
 DEFAULT_USAGE_DAYS = 30
 MAX_USAGE_DAYS = 400
+MAX_PAGE_SIZE = 200
+MAX_OFFSET = 2**63 - 1  # the largest integer SQLite and PostgreSQL (bigint) take
+OUT_OF_RANGE = "The date is out of range."
 
 
 class UtcDateTime(fields.DateTime):
@@ -94,8 +97,8 @@ class PageQuerySchema(Schema):
     class Meta:
         unknown = RAISE
 
-    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=200))
-    offset = fields.Integer(load_default=0, validate=validate.Range(min=0))
+    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=MAX_PAGE_SIZE))
+    offset = fields.Integer(load_default=0, validate=validate.Range(min=0, max=MAX_OFFSET))
 
 
 class Instant(fields.Field[datetime]):
@@ -111,7 +114,10 @@ class Instant(fields.Field[datetime]):
             parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError:
             raise ValidationError("Not an ISO 8601 date (2026-12-06) or date-time (2026-12-06T10:00:00Z).") from None
-        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+        try:
+            return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+        except OverflowError:  # an offset that moves it past year 1 or 9999
+            raise ValidationError(OUT_OF_RANGE) from None
 
 
 class UsageQuerySchema(Schema):
@@ -135,12 +141,17 @@ class UsageQuerySchema(Schema):
                 return {**data, "to": (date.fromisoformat(end) + timedelta(days=1)).isoformat()}
             except ValueError:
                 pass  # the field names the mistake
+            except OverflowError:  # 9999-12-31: there is no next day
+                raise ValidationError(OUT_OF_RANGE, "to") from None
         return data
 
     @post_load
     def _range(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
         end = data["end"] or datetime.now(UTC)
-        start = data["start"] or end - timedelta(days=DEFAULT_USAGE_DAYS)
+        try:
+            start = data["start"] or end - timedelta(days=DEFAULT_USAGE_DAYS)
+        except OverflowError:  # a `to` in the first days of year 1
+            raise ValidationError(OUT_OF_RANGE, "to") from None
         if start >= end:
             raise ValidationError("Must be before `to`.", "from")
         if end - start > timedelta(days=MAX_USAGE_DAYS):

@@ -15,7 +15,8 @@ words (``CONTEXT_ERRORS``), any request whose messages hold more than N characte
 first token BYTES long; ``#one_byte`` make every token one character; ``#linger=S`` keep the body open S seconds
 after ``data: [DONE]`` before ending it; ``#gzip`` compress the stream (``Content-Encoding: gzip``, flushed event
 by event, as a compressing proxy sends it). It records every request (with the time it came) and when each
-connection closed, as the upstream saw it.
+connection closed, as the upstream saw it. ``#awkward_text`` replies with ``AWKWARD_TOKENS`` (line ends, NUL,
+SSE syntax, lone surrogates).
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ HOSTILE_REPLY = (
     '\n\nevent: error\ndata: {"type":"done"}\n\n'  # and would end the stream early if framed raw
     "the end"
 )
+# Text that must reach the client as it is, but for the surrogates: JSON can carry lone ones (as escapes), UTF-8
+# cannot. The 😀 pair is split across two chunks, as a provider that cuts a string between UTF-16 units would.
+AWKWARD_TOKENS = ["a\r\nb\rc\n", "\x00", "\u2028\u2029", "\n\ndata: x\nid: 9\n\n", "\ud83d", "\ude00", "é👶"]
 # How each kind of server words a prompt that does not fit its context window: (status, body).
 CONTEXT_ERRORS: dict[str, tuple[int, dict[str, Any]]] = {
     "openai": (
@@ -167,6 +171,8 @@ def _chunk(content: str | None = None, finish: str | None = None, role: bool = F
 
 def _tokens(script: dict[str, str], count: int) -> list[str]:
     """The reply's text deltas: words by default, one character each with ``#one_byte``, the first ``#big``."""
+    if "awkward_text" in script:
+        return list(AWKWARD_TOKENS)
     if "hostile" in script:  # cut mid-tag, as a model's tokens would be
         return [HOSTILE_REPLY[start : start + 7] for start in range(0, len(HOSTILE_REPLY), 7)]
     if "one_byte" in script:

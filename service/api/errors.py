@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import werkzeug.exceptions
 from flask import Blueprint, Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
@@ -56,7 +57,10 @@ def _http_error(error: HTTPException) -> Response:
         )
         response.status_code = error.code or 500
         return response
-    return error_response(mapped())
+    response = error_response(mapped())
+    if isinstance(error, werkzeug.exceptions.MethodNotAllowed) and error.valid_methods:
+        response.headers["Allow"] = ", ".join(error.valid_methods)  # RFC 9110: a 405 names what is allowed
+    return response
 
 
 def _unexpected(error: Exception) -> Response:

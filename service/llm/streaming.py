@@ -23,6 +23,7 @@ from openai.types.chat import ChatCompletionChunk
 
 from service.errors import ContentFiltered, ServiceError, UpstreamFailed
 from service.llm.body_reader import BodyReader, HttpxReader, body_reader
+from service.llm.chunk_json import load_chunk
 from service.llm.errors import map_error_payload, map_open_error
 from service.llm.providers import UNSENT_HEADERS
 from service.llm.sse_decoder import SSEDataDecoder
@@ -130,7 +131,7 @@ class UpstreamStream:
     def _take_all(self, raw: bytes, texts: list[str]) -> bool:
         """Decode one read's events into ``texts``; True at ``[DONE]``. An error event, or data that is not
         JSON, is kept for the next call, so the deltas before it are shown (and saved) first."""
-        loads = orjson.loads
+        loads = load_chunk
         for data in self._decoder.feed(raw):
             if data == b"[DONE]":
                 return True

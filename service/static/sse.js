@@ -43,6 +43,7 @@ export class SSEParser {
 
   feed(text) {
     const events = [];
+    if (text === "") return events; // an empty read (or half a UTF-8 character): a pending CR stays pending
     let start = 0;
     if (this.afterCR && text.charCodeAt(0) === 10) start = 1;
     this.afterCR = false;
