@@ -11,7 +11,8 @@ each reply); ``#hostile`` reply with ``HOSTILE_REPLY`` (markup and script, cut a
 the reply with a Content-Length instead of chunked; ``#context=PROVIDER #window=N`` refuse, in that provider's
 words (``CONTEXT_ERRORS``), any request whose messages hold more than N characters in all. Faults:
 ``#header_delay=S`` wait S seconds before the response headers; ``#retry_after=S`` send ``Retry-After: S`` with a
-``#status`` failure; ``#malformed_after=N`` send a chunk that is not JSON after N tokens; ``#big=BYTES`` make the
+``#status`` failure; ``#malformed_after=N`` send a chunk that is not JSON after N tokens; ``#odd_after=N
+#odd=K`` send ``ODD_CHUNKS[K]`` (JSON, but not a chunk's shape) after N tokens and end; ``#big=BYTES`` make the
 first token BYTES long; ``#one_byte`` make every token one character; ``#linger=S`` keep the body open S seconds
 after ``data: [DONE]`` before ending it; ``#gzip`` compress the stream (``Content-Encoding: gzip``, flushed event
 by event, as a compressing proxy sends it). It records every request (with the time it came) and when each
@@ -124,6 +125,16 @@ CONTEXT_ERRORS: dict[str, tuple[int, dict[str, Any]]] = {
         },
     ),
 }
+# JSON that is not a chunk's shape, for ``#odd_after=N #odd=K``
+ODD_CHUNKS: list[Any] = [
+    {"choices": [{"delta": {"content": ["a list", "not text"]}}]},
+    {"choices": [{"delta": {"content": 7}}]},
+    {"choices": "not a list"},
+    {"choices": [1]},
+    {"usage": 5, "choices": []},
+    {"choices": [{"delta": "not an object"}]},
+    [1, 2, 3],
+]
 _DIRECTIVE = re.compile(r"#(\w+)(?:=([\w.]+))?")
 
 
@@ -331,6 +342,9 @@ class _Handler(BaseHTTPRequestHandler):
                     return
                 if "malformed_after" in script and index == int(script["malformed_after"]):
                     self._send(b'{"id": "chatcmpl-test", "choices": [{"delta": {"content": "cut')
+                if "odd_after" in script and index == int(script["odd_after"]):
+                    self._send(ODD_CHUNKS[int(script.get("odd", 0))])
+                    break
                 if "error_after" in script and index == int(script["error_after"]):
                     self._send({"error": {"message": "scripted mid-stream error", "type": "server_error"}})
                     break

@@ -8,6 +8,7 @@ ones ``tests/test_no_leaks.py`` reads) are back at zero.
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -15,7 +16,7 @@ import httpx
 import pytest
 
 from tests.conftest import ServerFactory, _server_env
-from tests.fake_upstream import Connection, FakeUpstream
+from tests.fake_upstream import ODD_CHUNKS, Connection, FakeUpstream
 from tests.servers import GunicornServer, free_port
 from tests.sse import Received, stream
 from tests.test_no_leaks import gauges
@@ -134,6 +135,19 @@ def test_a_malformed_json_chunk_ends_with_upstream_error_after_the_tokens_before
     reply = saved_reply(faulty, events)
     assert (reply["status"], reply["content"]) == ("incomplete", "Baby sleep patterns")
     assert_released(faulty, upstream.connection_for("garbled"))
+
+
+@pytest.mark.parametrize("shape", range(len(ODD_CHUNKS)))
+def test_a_chunk_of_an_unknown_shape_ends_with_upstream_error_and_saves_the_partial_reply(
+    faulty: GunicornServer, upstream: FakeUpstream, shape: int
+) -> None:
+    marker = f"odd shape {shape} {uuid.uuid4().hex[:8]}"
+    events = stream(faulty.url, {"message": f"{marker} #tokens=5 #odd_after=2 #odd={shape}"})
+    assert [event.type for event in events] == ["metadata", "token", "token", "error"]
+    assert events[-1].data["error"]["code"] == "upstream_error"
+    reply = saved_reply(faulty, events)
+    assert (reply["status"], reply["content"]) == ("incomplete", "Baby sleep")
+    assert_released(faulty, upstream.connection_for(marker))
 
 
 def test_an_error_object_mid_stream_ends_with_upstream_error_and_saves_the_partial_reply(

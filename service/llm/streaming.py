@@ -140,7 +140,11 @@ class UpstreamStream:
             except orjson.JSONDecodeError:
                 log.warning("the model service sent an event that is not JSON: %r", data[:200])
                 chunk = None
-            failure = self._take(chunk, texts)
+            try:
+                failure = self._take(chunk, texts)
+            except (AttributeError, TypeError, ValueError, IndexError, KeyError):  # JSON, not a chunk's shape
+                log.warning("the model service sent a chunk of an unknown shape: %r", data[:200])
+                failure = UpstreamFailed()
             if failure is not None:
                 self._failure = failure
                 return False
@@ -163,6 +167,8 @@ class UpstreamStream:
         if delta:
             content = delta.get("content")
             if content:
+                if content.__class__ is not str:  # a list or a number where text belongs
+                    return UpstreamFailed()
                 texts.append(content)
         reason = choice.get("finish_reason")
         if reason:
