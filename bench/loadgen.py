@@ -28,8 +28,8 @@ class Result:
     total: float
 
 
-def _request(target: str, host: str, tokens: int, delay: float) -> bytes:
-    message = f"bench #tokens={tokens} #delay={delay}"
+def _request(target: str, host: str, tokens: int, delay: float, one_write: bool = False) -> bytes:
+    message = f"bench #tokens={tokens} #delay={delay}" + (" #one_write" if one_write else "")
     if target == "service":
         path, body = "/api/v1/ai/chat/stream", json.dumps({"message": message})
     else:
@@ -93,7 +93,7 @@ async def one_stream(target: str, host: str, port: int, request: bytes, connect:
 async def run(args: argparse.Namespace) -> dict[str, object]:
     parts = urlsplit(args.url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
-    request = _request(args.target, f"{host}:{port}", args.tokens, args.delay)
+    request = _request(args.target, f"{host}:{port}", args.tokens, args.delay, args.one_write)
     connect = asyncio.Semaphore(args.connect_parallel)
     results: list[Result] = []
 
@@ -125,6 +125,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=200)
     parser.add_argument("--delay", type=float, default=0.0)
     parser.add_argument("--connect-parallel", type=int, default=256)
+    parser.add_argument("--one-write", action="store_true", help="ask the upstream for each reply in one write")
     args = parser.parse_args()
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

@@ -10,6 +10,9 @@ With ``--repeat N`` every row runs N times, the relays taking turns, and each fi
     .venv/bin/python -m bench.run                 # everything once (about 10 minutes)
     .venv/bin/python -m bench.run --repeat 3      # the README's table: medians of 3 (about 30 minutes)
     .venv/bin/python -m bench.run --scenarios S1,S3 --workers 1
+    .venv/bin/python -m bench.run --scenarios S5,S1w --workers 1   # short replies; the one-write extra row
+
+The default scenarios are S1-S5; S1w (each reply in one upstream write) runs only when named.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ class Scenario:
     tokens: int
     delay: float
     description: str
+    one_write: bool = False  # the upstream sends each reply in one write (an extra row, never the headline)
 
 
 SCENARIOS = {
@@ -50,6 +54,8 @@ SCENARIOS = {
     "S2": Scenario("S2", 1000, 1000, 100, 0.02, "1,000 concurrent x 100 tokens at 20 ms"),
     "S3": Scenario("S3", 1000, 50, 300, 0.0, "50 concurrent x 300 tokens, no delay (20 rounds)"),
     "S4": Scenario("S4", 5000, 5000, 50, 0.1, "5,000 concurrent x 50 tokens at 100 ms"),
+    "S5": Scenario("S5", 3000, 20, 5, 0.0, "short replies: 20 concurrent x 5 tokens, no delay (3,000 requests)"),
+    "S1w": Scenario("S1w", 100, 1, 200, 0.0, "S1 with each reply in one upstream write (no provider does this)", True),
 }
 
 
@@ -179,7 +185,7 @@ def load(target: str, port: int, scenario: Scenario) -> dict[str, object]:
         sys.executable, "-m", "bench.loadgen", "--target", target, "--url", f"http://127.0.0.1:{port}",
         "--streams", str(scenario.streams), "--concurrency", str(scenario.concurrency),
         "--tokens", str(scenario.tokens), "--delay", str(scenario.delay),
-    ]  # fmt: skip
+    ] + (["--one-write"] if scenario.one_write else [])  # fmt: skip
     output = subprocess.run(command, cwd=ROOT, capture_output=True, check=True, timeout=600).stdout
     result: dict[str, object] = json.loads(output)
     return result
@@ -219,6 +225,8 @@ def measure(target: str, port: int, scenario: Scenario, workers: list[int], upst
         # meaningful with many streams open at once (S2, S4); with 1 or 50 it is mostly allocator warm-up
         "rss_kb_per_stream": (peak - rss_idle) / 1024 / open_streams if workers else float("nan"),
         "tokens_per_s": tokens / float(result["wall"]),  # type: ignore[arg-type]
+        "requests_per_s": float(result["streams"]) / float(result["wall"]),  # type: ignore[arg-type]
+        "cpu_ms_per_request": cpu / float(result["streams"]) * 1e3 if workers else float("nan"),  # type: ignore[arg-type]
         # what the upstream and the load generator burn: CPU the relay cannot have on this machine
         "harness_us_per_token": harness / tokens * 1e6 if tokens else float("nan"),
     }
@@ -242,12 +250,15 @@ def median_of(runs: list[dict[str, float]]) -> dict[str, float]:
     return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
 
 
-ROW = "| {:<3} | {:<8} | {:>8.1f} | {:>9.1f} | {:>9.1f} | {:>9.2f} | {:>9.1f} | {:>9.1f} | {:>10,.0f} | {:>9.1f} |"
+ROW = (
+    "| {:<3} | {:<8} | {:>8.1f} | {:>9.1f} | {:>9.1f} | {:>9.2f} | {:>9.1f} | {:>9.1f} | {:>10,.0f} | {:>8,.0f} "
+    "| {:>9.2f} | {:>9.1f} |"
+)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scenarios", default="S1,S2,S3,S4")
+    parser.add_argument("--scenarios", default="S1,S2,S3,S4,S5")
     parser.add_argument("--workers", default="1,2", help="gunicorn worker counts to run, comma-separated")
     parser.add_argument("--node", choices=("auto", "off"), default="auto", help="the Node reference relay row")
     parser.add_argument("--repeat", type=int, default=1, help="runs per row, each on a fresh process; medians shown")
@@ -289,9 +300,9 @@ def print_table(rows: list[tuple[str, str, dict[str, float]]], chosen: list[Scen
         print(f"{scenario.name}: {scenario.description}")
     print(
         "| sc. | relay    | success% | TTFT p50 ms | TTFT p99 ms | full p99 s | CPU us/tok | RSS KB/strm | tokens/s "
-        "| harness us/tok |"
+        "| req/s | CPU ms/req | harness us/tok |"
     )
-    print("| --- | -------- |" + " -------: |" * 7 + " ---------: |")
+    print("| --- | -------- |" + " -------: |" * 9 + " ---------: |")
     for name, relay, stats in rows:
         print(
             ROW.format(
@@ -304,6 +315,8 @@ def print_table(rows: list[tuple[str, str, dict[str, float]]], chosen: list[Scen
                 stats["cpu_us_per_token"],
                 stats["rss_kb_per_stream"],
                 stats["tokens_per_s"],
+                stats["requests_per_s"],
+                stats["cpu_ms_per_request"],
                 stats["harness_us_per_token"],
             )
         )

@@ -1,7 +1,10 @@
 """A fast scripted OpenAI-compatible streaming server for benchmarks (asyncio, pre-encoded chunks).
 
 The last user message carries the script: ``#tokens=N`` and ``#delay=SECONDS`` between tokens. Responses are
-chunked ``text/event-stream`` on keep-alive connections, like the real API. Run: ``python -m bench.upstream PORT``.
+chunked ``text/event-stream`` on keep-alive connections, like the real API, and like a provider each token is its
+own ``write`` (its own TCP segment), even with no delay. ``#one_write`` sends a reply with no delay in one write
+instead: an extra, labelled bench row, since no provider sends a reply that way. Run: ``python -m bench.upstream
+PORT``.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import re
 import sys
 
 _DIRECTIVE = re.compile(rb"#(tokens|delay)=([0-9.]+)")
+ONE_WRITE = b"#one_write"
 _HEAD = (
     b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\nx-request-id: bench\r\n\r\n"
 )
@@ -57,14 +61,14 @@ async def _reply(writer: asyncio.StreamWriter, body: bytes) -> None:
     script = dict(_DIRECTIVE.findall(body))
     tokens = int(script.get(b"tokens", b"50"))
     delay = float(script.get(b"delay", b"0"))
-    if not delay:
+    if not delay and ONE_WRITE in body:
         writer.write(_whole_reply(tokens))
         await writer.drain()
         return
     writer.write(_HEAD + ROLE + FIRST)
     for index in range(1, tokens):
         await writer.drain()
-        await asyncio.sleep(delay)
+        await asyncio.sleep(delay)  # with no delay, still one pass of the event loop: one write per token
         writer.write(WORDS[index % len(WORDS)])
     writer.write(STOP + _usage(tokens) + DONE)
     await writer.drain()
