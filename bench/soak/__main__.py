@@ -30,7 +30,7 @@ from bench.soak.growth import Tolerance, growth_problems, growth_summary
 from bench.soak.logs import journaled, severe_lines
 from bench.soak.probe import IDLE_GAUGES, Sample, sample
 from bench.soak.report import HEADER, RULE, row
-from bench.soak.traffic import COUNTED, Limits, Traffic
+from bench.soak.traffic import COUNTED, COUNTED_AS, KINDS, Limits, Traffic
 from bench.soak.verify import check_saved, write_attempts
 
 QUIET_TIMEOUT_SECONDS = 60.0
@@ -42,14 +42,18 @@ class Plan:
     warmup: float
     every: float
     loops: int
+    kinds: tuple[str, ...] = KINDS
 
     @classmethod
-    def of(cls, seconds: float, loops: int, every: float | None, warmup: float | None) -> Plan:
+    def of(
+        cls, seconds: float, loops: int, every: float | None, warmup: float | None, kinds: tuple[str, ...] = KINDS
+    ) -> Plan:
         return cls(
             seconds=seconds,
             warmup=warmup if warmup is not None else min(60.0, seconds / 4),
             every=every if every is not None else (60.0 if seconds >= 360 else max(5.0, seconds / 6)),
             loops=loops,
+            kinds=kinds,
         )
 
 
@@ -118,7 +122,7 @@ def _soak(plan: Plan, options: service.ServiceOptions, tolerance: Tolerance) -> 
     try:
         gunicorn, port = service.start_service(options, upstream_port)
         limits = Limits(service.TOKEN_BUDGET_PER_HOUR, service.RESUME_GRACE_SECONDS, service.NORMAL_USERS)
-        traffic = Traffic(f"http://127.0.0.1:{port}", options.secret, secrets.token_hex(4), limits)
+        traffic = Traffic(f"http://127.0.0.1:{port}", options.secret, secrets.token_hex(4), limits, plan.kinds)
         try:
             asyncio.run(_drive(plan, traffic, gunicorn.pid, outcome))
         finally:
@@ -140,7 +144,8 @@ def _soak(plan: Plan, options: service.ServiceOptions, tolerance: Tolerance) -> 
 
 
 def _verdict(outcome: Outcome, traffic: Traffic, tolerance: Tolerance) -> dict[str, object]:
-    missing = [name for name in COUNTED if not traffic.counts[name]]
+    expected = [name for kind in traffic.kinds for name in COUNTED_AS[kind]]
+    missing = [name for name in expected if not traffic.counts[name]]
     problems = outcome.problems + [f"no traffic of kind {name!r} ran" for name in missing]
     growth = growth_summary(outcome.baseline, outcome.final) if outcome.baseline and outcome.final else ""
     return {
@@ -164,6 +169,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=1, help="gunicorn workers (more than 1 needs --redis)")
     parser.add_argument("--database-url", help="SQLAlchemy URL (default: a new SQLite file in the run's folder)")
     parser.add_argument("--redis", metavar="URL", help="run the service with REDIS_URL")
+    parser.add_argument(
+        "--only", metavar="KIND,...", help=f"run only these kinds of traffic, of: {','.join(KINDS)} (to find a leak)"
+    )
     parser.add_argument("--every", type=float, help="seconds between table rows")
     parser.add_argument("--warmup", type=float, help="seconds of traffic before the baseline (default min(60, 1/4))")
     parser.add_argument("--rss-mib", type=float, default=Tolerance.rss_mib, help="RSS growth allowed, MiB")
@@ -171,6 +179,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--keep", action="store_true", help="keep the run's folder (logs, SQLite file, attempts)")
     parser.add_argument("--folder", type=Path, help="the run's folder (default: a new temporary one)")
     args = parser.parse_args(argv)
+    if args.only and not set(args.only.split(",")) <= set(KINDS):
+        parser.error(f"--only takes kinds among {','.join(KINDS)}")
     if args.workers > 1 and not args.redis:
         parser.error("--workers above 1 needs --redis: without it a resume may reach a worker that lacks the stream")
     return args
@@ -179,7 +189,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     seconds = args.seconds if args.seconds is not None else 60.0 * (args.minutes if args.minutes else 30.0)
-    plan = Plan.of(seconds, args.loops, args.every, args.warmup)
+    kinds = tuple(args.only.split(",")) if args.only else KINDS
+    plan = Plan.of(seconds, args.loops, args.every, args.warmup, kinds)
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     folder = args.folder or Path(tempfile.mkdtemp(prefix="soak-"))

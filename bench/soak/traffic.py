@@ -38,6 +38,15 @@ STREAM_PATH = "/api/v1/ai/chat/stream"
 KINDS = ("completed", "cancelled", "resumed", "abandoned", "idle", "budget", "burst")
 WEIGHTS = (40, 12, 14, 6, 8, 3, 1)
 COUNTED = ("done", "cancelled", "resumed", "abandoned", "idle", "budget", "429 rate", "429 budget")
+COUNTED_AS = {  # the table's counts each kind adds to
+    "completed": ("done",),
+    "cancelled": ("cancelled",),
+    "resumed": ("resumed",),
+    "abandoned": ("abandoned",),
+    "idle": ("idle",),
+    "budget": ("budget", "429 budget"),
+    "burst": ("429 rate",),
+}
 BURST_REQUESTS = 34  # past the soak's 30/minute rate limit
 BURST_USERS = 4
 REPLAY_MARGIN_SECONDS = 5.0  # after the grace: the service ends an unread stream within a second of it
@@ -78,7 +87,9 @@ class Attempt:
 class Traffic:
     """Client loops against one service; ``attempts`` and ``counts`` grow as they run."""
 
-    def __init__(self, base_url: str, secret: str, run_id: str, limits: Limits, seed: int = 7) -> None:
+    def __init__(
+        self, base_url: str, secret: str, run_id: str, limits: Limits, kinds: tuple[str, ...] = KINDS, seed: int = 7
+    ) -> None:
         self.client = httpx.AsyncClient(
             base_url=base_url,
             timeout=httpx.Timeout(60.0),
@@ -88,6 +99,8 @@ class Traffic:
         self.run_id = run_id
         self.limits = limits
         self.random = random.Random(seed)
+        self.kinds = kinds
+        self.weights = [WEIGHTS[KINDS.index(kind)] for kind in kinds]
         self.attempts: list[Attempt] = []
         self.counts: Counter[str] = Counter()
         self.problems: list[str] = []  # refusals and failures that belong to no started stream
@@ -104,10 +117,11 @@ class Traffic:
 
     async def run(self, loops: int, until: float) -> None:
         """``loops`` clients until the monotonic time ``until``; each finishes what it is doing first."""
-        await asyncio.gather(*(self._loop(until, KINDS[index % len(KINDS)]) for index in range(loops)))
+        kinds = self.kinds
+        await asyncio.gather(*(self._loop(until, kinds[index % len(kinds)]) for index in range(loops)))
 
     async def _loop(self, until: float, first: str) -> None:
-        """Starts with ``first`` (so that even a short run has every kind), then picks by ``WEIGHTS``."""
+        """Starts with ``first`` (so that even a short run has every kind), then picks by weight."""
         kind = first
         while time.monotonic() < until:
             try:
@@ -115,7 +129,7 @@ class Traffic:
             except (httpx.HTTPError, OSError) as error:
                 self.problems.append(f"{kind}: {type(error).__name__}: {error}")
             await asyncio.sleep(self.random.uniform(0.0, 0.3))
-            kind = self.random.choices(KINDS, WEIGHTS)[0]
+            kind = self.random.choices(self.kinds, self.weights)[0]
 
     # --- users -------------------------------------------------------------------------------------------------
 
