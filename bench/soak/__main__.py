@@ -6,9 +6,10 @@ nothing grew.
     .venv/bin/python -m bench.soak --minutes 10 --database-url postgresql+psycopg://postgres@127.0.0.1/test \\
         --redis redis://127.0.0.1:6379/4 --workers 2
 
-Prints a table row every minute (every sixth of a run shorter than 6 minutes), then the verdict; exits 0 when
-every started stream is saved exactly as its client received it and nothing grew (``bench/soak/growth.py``),
-else 1. ``--summary FILE`` also writes the verdict and the counts as JSON.
+Prints a table row every minute (every sixth of a run shorter than 6 minutes) and three rows of the service idle
+(after the warm-up, at half-time, at the end), then the verdict; exits 0 when every started stream is saved
+exactly as its client received it and nothing grew (``bench/soak/growth.py``), else 1. Problems are printed on
+standard error as they happen. ``--summary FILE`` also writes the verdict and the counts as JSON.
 """
 
 from __future__ import annotations
@@ -60,9 +61,11 @@ class Plan:
 @dataclass
 class Outcome:
     baseline: Sample | None = None
+    middle: Sample | None = None
     final: Sample | None = None
     problems: list[str] = field(default_factory=list)
     rows: list[str] = field(default_factory=list)
+    reported: int = 0  # problems already printed as they happened
 
 
 def _print(line: str) -> None:
@@ -79,10 +82,19 @@ async def _quiet(traffic: Traffic, master: int, started: float, note: str, outco
         await asyncio.sleep(0.5)
     await asyncio.sleep(1.5)  # the host gauges are sampled every second
     found = await sample(traffic.client, master, time.monotonic() - started)
-    line = row(found, traffic.counts, len(_problems(traffic)), note)
+    _row(found, traffic, outcome, note)
+    return found
+
+
+def _row(found: Sample, traffic: Traffic, outcome: Outcome, note: str = "") -> None:
+    """The table's row, after any problem that came up since the last one (on standard error)."""
+    problems = _problems(traffic)
+    for text in problems[outcome.reported :]:
+        print(f"problem: {text}", file=sys.stderr, flush=True)
+    outcome.reported = len(problems)
+    line = row(found, traffic.counts, len(problems), note)
     outcome.rows.append(line)
     _print(line)
-    return found
 
 
 def _problems(traffic: Traffic) -> list[str]:
@@ -93,10 +105,7 @@ async def _rows(traffic: Traffic, master: int, started: float, every: float, out
     tick = 1
     while True:
         await asyncio.sleep(max(0.0, started + tick * every - time.monotonic()))
-        found = await sample(traffic.client, master, time.monotonic() - started)
-        line = row(found, traffic.counts, len(_problems(traffic)))
-        outcome.rows.append(line)
-        _print(line)
+        _row(await sample(traffic.client, master, time.monotonic() - started), traffic, outcome)
         tick += 1
 
 
@@ -107,7 +116,9 @@ async def _drive(plan: Plan, traffic: Traffic, master: int, outcome: Outcome) ->
     rows = asyncio.create_task(_rows(traffic, master, started, plan.every, outcome))
     try:
         await traffic.run(plan.loops, started + plan.warmup)
-        outcome.baseline = await _quiet(traffic, master, started, "idle after warm-up: baseline", outcome)
+        outcome.baseline = await _quiet(traffic, master, started, "idle after warm-up", outcome)
+        await traffic.run(plan.loops, started + plan.seconds / 2)
+        outcome.middle = await _quiet(traffic, master, started, "idle at half-time", outcome)
         await traffic.run(plan.loops, started + plan.seconds)
         rows.cancel()
         outcome.final = await _quiet(traffic, master, started, "idle at the end", outcome)
@@ -132,10 +143,10 @@ def _soak(plan: Plan, options: service.ServiceOptions, tolerance: Tolerance) -> 
     finally:
         service.stop(upstream, timeout=5)
     outcome.problems.extend(_problems(traffic))
-    if outcome.baseline is None or outcome.final is None:
-        outcome.problems.append("the run ended before both idle samples were taken")
+    if outcome.baseline is None or outcome.middle is None or outcome.final is None:
+        outcome.problems.append("the run ended before the three idle samples were taken")
     else:
-        outcome.problems.extend(growth_problems(outcome.baseline, outcome.final, tolerance))
+        outcome.problems.extend(growth_problems(outcome.baseline, outcome.middle, outcome.final, tolerance))
     outcome.problems.extend(severe_lines(options.folder / "gunicorn.log"))
     outcome.problems.extend(journaled(options.folder))
     outcome.problems.extend(check_saved(options.database, traffic.attempts))
@@ -147,7 +158,8 @@ def _verdict(outcome: Outcome, traffic: Traffic, tolerance: Tolerance) -> dict[s
     expected = [name for kind in traffic.kinds for name in COUNTED_AS[kind]]
     missing = [name for name in expected if not traffic.counts[name]]
     problems = outcome.problems + [f"no traffic of kind {name!r} ran" for name in missing]
-    growth = growth_summary(outcome.baseline, outcome.final) if outcome.baseline and outcome.final else ""
+    samples = (outcome.baseline, outcome.middle, outcome.final)
+    growth = growth_summary(*samples) if all(samples) else ""  # type: ignore[arg-type]
     return {
         "verdict": "PASS" if not problems else "FAIL",
         "streams_started": len(traffic.attempts),
@@ -174,7 +186,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--every", type=float, help="seconds between table rows")
     parser.add_argument("--warmup", type=float, help="seconds of traffic before the baseline (default min(60, 1/4))")
-    parser.add_argument("--rss-mib", type=float, default=Tolerance.rss_mib, help="RSS growth allowed, MiB")
+    parser.add_argument(
+        "--rss-mib", type=float, default=Tolerance.rss_mib, help="RSS growth allowed over the second half, MiB"
+    )
     parser.add_argument("--summary", type=Path, help="also write the verdict as JSON here")
     parser.add_argument("--keep", action="store_true", help="keep the run's folder (logs, SQLite file, attempts)")
     parser.add_argument("--folder", type=Path, help="the run's folder (default: a new temporary one)")

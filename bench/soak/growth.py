@@ -1,13 +1,15 @@
-"""Did anything grow? The service is measured idle (no stream running) twice: after the warm-up and after the
-last stream of the run; what a stream leaves behind shows as the difference.
+"""Did anything grow? The service is measured idle (no stream running) three times: after the warm-up, at
+half-time and at the end; what streams leave behind shows as the difference.
 
-- RSS, per worker: at most ``max(rss_mib MiB, rss_fraction x baseline)`` more. The first minute fills the
-  allocator's arenas, the database pool and the per-user limit counters; a leak of 1 KB a stream grows a worker
-  by ~10 MiB in a 30-minute soak, which this catches, while the allocator's own variation stays well under it.
-- Open fds (less the upstream keep-alive connections the SDK's pools hold on purpose): at most ``fds`` more.
-- Event-loop watchers (every connection, timer and waiting greenlet holds one): at most ``watchers`` more.
-- Open streams, held stream slots, database sessions and upstream connections in use: back to 0.
-- The same worker processes at both ends (a worker that died and was replaced would hide a leak and lose streams).
+- Open fds (less the upstream keep-alive connections the SDK's pools hold on purpose), event-loop watchers (every
+  connection, timer and waiting greenlet holds one), and the same worker processes: the end against the idle
+  sample after the warm-up. Each comes back to its idle value once streams end, so the allowance is a few.
+- Open streams, held stream slots, database sessions and upstream connections in use: 0 at the end.
+- RSS, per worker: the end against half-time, at most ``rss_mib`` more. Not against the warm-up: the first
+  minutes fill things that are bounded but not small (finished streams are kept 2 minutes for replay, the
+  allocator's arenas, per-user limit counters), and a 30-minute soak on this machine showed the worker climbing
+  from 142 to 226 MiB over its first 15 minutes and then staying flat to the end. A leak keeps growing: 1 KB a
+  stream is ~7 MiB over the second half of a 30-minute soak here (~500 streams a minute).
 """
 
 from __future__ import annotations
@@ -22,27 +24,27 @@ MIB = 1 << 20
 @dataclass(frozen=True)
 class Tolerance:
     rss_mib: float = 8.0
-    rss_fraction: float = 0.10
     fds: int = 2
     watchers: int = 4
 
     def describe(self) -> str:
         return (
-            f"RSS +{self.rss_mib:g} MiB or +{self.rss_fraction:.0%} a worker, fds +{self.fds}, "
-            f"watchers +{self.watchers}, open streams/slots/sessions/upstream requests back to 0"
+            f"RSS +{self.rss_mib:g} MiB a worker over the second half; fds +{self.fds} and watchers "
+            f"+{self.watchers} against the idle service after the warm-up; open streams, slots, database sessions "
+            "and upstream requests back to 0"
         )
 
 
-def growth_problems(baseline: Sample, final: Sample, tolerance: Tolerance) -> list[str]:
+def growth_problems(baseline: Sample, middle: Sample, final: Sample, tolerance: Tolerance) -> list[str]:
+    if not baseline.pids == middle.pids == final.pids:
+        pids = f"{baseline.pids}, {middle.pids}, {final.pids}"
+        return [f"the workers changed ({pids}): one died or was restarted"]
     problems: list[str] = []
-    if baseline.pids != final.pids:
-        problems.append(f"the workers changed from {baseline.pids} to {final.pids} (one died or was restarted)")
-        return problems
-    for pid, before, after in zip(final.pids, baseline.rss, final.rss, strict=True):
-        allowed = max(tolerance.rss_mib * MIB, tolerance.rss_fraction * before)
-        if after - before > allowed:
+    for pid, before, after in zip(final.pids, middle.rss, final.rss, strict=True):
+        if after - before > tolerance.rss_mib * MIB:
             problems.append(
-                f"worker {pid} RSS grew {before / MIB:.1f} -> {after / MIB:.1f} MiB (allowed +{allowed / MIB:.1f})"
+                f"worker {pid} RSS grew {before / MIB:.1f} -> {after / MIB:.1f} MiB over the second half "
+                f"(allowed +{tolerance.rss_mib:g})"
             )
     if final.held_fds - baseline.held_fds > tolerance.fds:
         problems.append(f"open fds grew {baseline.held_fds} -> {final.held_fds} (allowed +{tolerance.fds})")
@@ -57,11 +59,13 @@ def growth_problems(baseline: Sample, final: Sample, tolerance: Tolerance) -> li
     return problems
 
 
-def growth_summary(baseline: Sample, final: Sample) -> str:
+def growth_summary(baseline: Sample, middle: Sample, final: Sample) -> str:
     rss = ", ".join(
-        f"{before / MIB:.1f} -> {after / MIB:.1f} MiB" for before, after in zip(baseline.rss, final.rss, strict=False)
+        f"{a / MIB:.1f} -> {b / MIB:.1f} -> {c / MIB:.1f} MiB"
+        for a, b, c in zip(baseline.rss, middle.rss, final.rss, strict=False)
     )
     return (
-        f"idle after warm-up vs idle at the end: RSS {rss}; fds {baseline.held_fds} -> {final.held_fds}; "
-        f"watchers {baseline.watchers:.0f} -> {final.watchers:.0f}"
+        f"idle after warm-up -> at half-time -> at the end: RSS {rss}; fds {baseline.held_fds} -> "
+        f"{middle.held_fds} -> {final.held_fds}; watchers {baseline.watchers:.0f} -> {middle.watchers:.0f} -> "
+        f"{final.watchers:.0f}"
     )
