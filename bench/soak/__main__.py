@@ -189,6 +189,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--rss-mib", type=float, default=Tolerance.rss_mib, help="RSS growth allowed over the second half, MiB"
     )
+    parser.add_argument(
+        "--fds", type=int, default=Tolerance.fds, help="fds growth allowed (Redis and PostgreSQL pools keep a peak's)"
+    )
     parser.add_argument("--summary", type=Path, help="also write the verdict as JSON here")
     parser.add_argument("--keep", action="store_true", help="keep the run's folder (logs, SQLite file, attempts)")
     parser.add_argument("--folder", type=Path, help="the run's folder (default: a new temporary one)")
@@ -210,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     folder = args.folder or Path(tempfile.mkdtemp(prefix="soak-"))
     folder.mkdir(parents=True, exist_ok=True)
     options = service.ServiceOptions(args.workers, folder, secrets.token_hex(32), args.database_url, args.redis)
-    tolerance = Tolerance(rss_mib=args.rss_mib)
+    tolerance = Tolerance(rss_mib=args.rss_mib, fds=args.fds)
     _print(f"soak: {seconds:g} s of traffic, {args.loops} client loops, {args.workers} worker(s), {options.database}")
     _print(f"logs: {folder}")
     outcome, traffic = _soak(plan, options, tolerance)
