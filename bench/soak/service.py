@@ -13,7 +13,7 @@ from pathlib import Path
 
 from bench.run import ROOT, children, free_port, wait_http
 
-IDLE_TIMEOUT_SECONDS = 2  # the silent upstream of the ``idle`` kind trips it
+IDLE_TIMEOUT_SECONDS = 4  # the silent upstream of the ``idle`` kind trips it
 RESUME_GRACE_SECONDS = 3  # ``resumed`` comes back within it, ``abandoned`` waits it out
 RATE_LIMIT_PER_MINUTE = 30  # the service's default; ``burst`` goes past it
 TOKEN_BUDGET_PER_HOUR = 5000  # one ``budget`` reply is longer; a pool user spends ~a tenth of it in 30 minutes
