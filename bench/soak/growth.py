@@ -7,9 +7,8 @@ half-time and at the end; what streams leave behind shows as the difference.
 - Open streams, held stream slots, database sessions and upstream connections in use: 0 at the end.
 - RSS, per worker: the end against half-time, at most ``rss_mib`` more. Not against the warm-up: the first
   minutes fill things that are bounded but not small (finished streams are kept 2 minutes for replay, the
-  allocator's arenas, per-user limit counters), and a 30-minute soak on this machine showed the worker climbing
-  from 142 to 226 MiB over its first 15 minutes and then staying flat to the end. A leak keeps growing: 1 KB a
-  stream is ~7 MiB over the second half of a 30-minute soak here (~500 streams a minute).
+  allocator's arenas, per-user limit counters). A leak keeps growing: 1 KB a stream is ~10 MiB over the second
+  half of a 30-minute soak here (~680 streams a minute).
 """
 
 from __future__ import annotations
