@@ -103,9 +103,13 @@ class ChatStream:
                 if self.meter is not None:
                     self.meter.flush()
             except StreamError as exc:
+                # its traceback holds this generator's frame, and so this stream: a cycle the stream's end would
+                # leave to the garbage collector (``exc`` is kept as ``_stop`` when it came from ``interrupt``)
+                exc.__traceback__ = None
                 final: Event = self.finish(exc)
-            except Exception:
+            except Exception as exc:
                 log.exception("stream %s failed", self.metadata.stream_id)
+                exc.__traceback__ = None
                 final = self.finish(InternalError())
             else:
                 final = self.finish(None)

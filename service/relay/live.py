@@ -130,6 +130,7 @@ class LiveStream:
             self._publish(encode_event(self.prefix, len(chat.parts) + 1, final), 1)
         self.done = True
         self.finished_at = time.monotonic()
+        self.rearm = None  # the watchdog's method: holding it past the end is a cycle (watchdog.live is this)
         callbacks, self.on_done = self.on_done, []
         for callback in callbacks:
             callback()
