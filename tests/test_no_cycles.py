@@ -3,7 +3,8 @@
 A stream whose objects form a cycle waits for the garbage collector, and by the time a stream ends its objects are
 old: the oldest generation is collected rarely, so a busy worker's memory climbs for minutes at a time. Here the
 worker runs real gunicorn with the collector off from its first request; streams end in every way; at exit the
-worker lets go of the finished streams it keeps for replay, collects with ``DEBUG_SAVEALL`` and reports which of the service's objects only the collector could free.
+worker lets go of the finished streams it keeps for replay, collects with ``DEBUG_SAVEALL`` and reports which of
+the service's objects only the collector could free.
 """
 
 from __future__ import annotations
