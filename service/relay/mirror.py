@@ -17,6 +17,7 @@ from typing import Any
 
 import gevent
 import redis
+from gevent.lock import Semaphore
 
 from service.chat.stream import ChatStream
 from service.errors import SharedStateUnavailable
@@ -72,7 +73,8 @@ class StreamMirror:
         self.turn = dict(turn)
         self.key = PREFIX + stream_id
         self.pending: list[tuple[int, bytes]] = []
-        self.flusher: gevent.Greenlet[[], None] | None = None
+        self.flusher: gevent.Greenlet[[], None] | None = None  # a flush scheduled, not yet started
+        self.flushing = Semaphore()
         self.ended = False
         self.unwritten = False  # its keys are not (or no longer) in Redis: the next flush writes them
         pipe = self.client.pipeline(transaction=False)
@@ -96,7 +98,13 @@ class StreamMirror:
             self.flusher = gevent.spawn_later(FLUSH_SECONDS, self.flush)
 
     def flush(self) -> None:
+        """Write what is pending. One flush at a time: two in flight go over two pooled connections, and their
+        batches (or the end mark) could land in Redis out of order, which readers elsewhere would take for a gap."""
         self.flusher = None
+        with self.flushing:
+            self._flush()
+
+    def _flush(self) -> None:
         pending, self.pending = self.pending, []
         if not pending and not self.ended:
             return
@@ -125,7 +133,7 @@ class StreamMirror:
             return False
 
     def close(self) -> None:
-        """The stream ended: write what is left and the end mark."""
+        """The stream ended: write what is left and the end mark, after any flush under way."""
         if self.flusher is not None:
             self.flusher.kill(block=False)
             self.flusher = None
