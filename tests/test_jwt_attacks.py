@@ -38,7 +38,8 @@ ENDPOINTS = [
 
 def claims(**changes: Any) -> dict[str, Any]:
     now = int(time.time())
-    base: dict[str, Any] = {"sub": "mallory", "exp": now + 300, "iat": now, "aud": AUDIENCE, "iss": ISSUER}
+    # a day: the cases are made when the tests are collected, and must hold however long the suite runs before them
+    base: dict[str, Any] = {"sub": "mallory", "exp": now + 86400, "iat": now, "aud": AUDIENCE, "iss": ISSUER}
     return {name: value for name, value in {**base, **changes}.items() if value is not None}
 
 

@@ -32,7 +32,7 @@ def hosts(server_factory: ServerFactory, tmp_path: Path) -> tuple[GunicornServer
 
 
 def bearer(user: str) -> dict[str, str]:
-    token = jwt.encode({"sub": user, "exp": int(time.time()) + 600}, SECRET, "HS256")
+    token = jwt.encode({"sub": user, "exp": int(time.time()) + 86400}, SECRET, "HS256")  # made at import
     return {"Authorization": f"Bearer {token}"}
 
 

@@ -162,7 +162,7 @@ def test_an_error_object_mid_stream_ends_with_upstream_error_and_saves_the_parti
 
 
 def test_401_is_a_configuration_error_asked_once(faulty: GunicornServer, upstream: FakeUpstream) -> None:
-    message = "bad key #status=401"
+    message = f"bad key {uuid.uuid4().hex[:8]} #status=401"  # the upstream counts attempts by message
     response = httpx.post(faulty.url + STREAM, json={"message": message}, timeout=30)
     assert response.status_code == 502
     error = response.json()["error"]
