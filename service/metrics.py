@@ -8,7 +8,7 @@ import gc
 import os
 import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import gevent
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -193,8 +193,13 @@ class Metrics:
         self.for_model(chat.metadata.model).relay_delay_seconds.observe(time.monotonic() - chat.first_token_at)
 
     def render(self) -> bytes:
+        """Sampled in this greenlet; under gunicorn the text is built in gevent's thread pool, because reading every
+        worker's files took 50-100 ms, and in the event loop that held every stream of the worker as long. In a
+        thread the loop takes the interpreter back every few milliseconds."""
         self.sample()
-        return generate_latest(self.registry)
+        if not self.multiprocess:
+            return generate_latest(self.registry)
+        return cast(bytes, gevent.get_hub().threadpool.apply(generate_latest, (self.registry,)))
 
 
 class ModelSeries:
