@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, MetaData, Table, create_engine, text
 
 from service.store.migrate import current_revision, head_revision, upgrade
 from service.store.models import Base
@@ -67,18 +67,37 @@ def test_many_workers_upgrade_a_fresh_database_at_once(fresh: str) -> None:
         engine.dispose()
 
 
+def _tables_as_they_were_before_migrations() -> MetaData:
+    """The conversations and messages tables as the first release made them, without the later columns."""
+    later = {"current_message_id", "parent_id", "reasoning"}
+    old = MetaData()
+    for name in ("conversations", "messages"):
+        table = Base.metadata.tables[name]
+        Table(name, old, *[column.copy() for column in table.columns if column.name not in later])
+    return old
+
+
 def test_a_database_made_before_migrations_is_adopted_with_its_rows(tmp_path: Path) -> None:
     engine = create_engine(f"sqlite:///{tmp_path / 'old.sqlite3'}")
-    before_migrations = [Base.metadata.tables["conversations"], Base.metadata.tables["messages"]]
-    Base.metadata.create_all(engine, tables=before_migrations)  # the tables that existed then
+    _tables_as_they_were_before_migrations().create_all(engine)
     with engine.begin() as connection:
         connection.execute(
             text("INSERT INTO conversations VALUES ('c1', 'u1', 'old', '2026-01-01 00:00:00', '2026-01-01 00:00:00')")
         )
+        for position, (message_id, role) in enumerate([("m0", "user"), ("m1", "assistant"), ("m2", "user")]):
+            connection.execute(
+                text(
+                    "INSERT INTO messages (id, conversation_id, position, role, content, status, created_at)"
+                    " VALUES (:id, 'c1', :position, :role, 'text', 'complete', '2026-01-01 00:00:00')"
+                ),
+                {"id": message_id, "position": position, "role": role},
+            )
     upgrade(engine)
     assert current_revision(engine) == head_revision()
     with engine.connect() as connection:
-        assert connection.execute(text("SELECT title FROM conversations")).scalar_one() == "old"
+        assert connection.execute(text("SELECT title, current_message_id FROM conversations")).one() == ("old", "m2")
+        parents = dict(connection.execute(text("SELECT id, parent_id FROM messages")).tuples().all())
+    assert parents == {"m0": None, "m1": "m0", "m2": "m1"}  # the old conversation became one branch
 
 
 def test_the_upgrade_command(tmp_path: Path) -> None:
