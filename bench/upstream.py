@@ -14,6 +14,7 @@ import functools
 import json
 import re
 import sys
+from collections.abc import Awaitable, Callable
 
 _DIRECTIVE = re.compile(rb"#(tokens|delay)=([0-9.]+)")
 ONE_WRITE = b"#one_write"
@@ -57,14 +58,14 @@ def _whole_reply(tokens: int) -> bytes:
     return _HEAD + ROLE + FIRST + words + STOP + _usage(tokens) + DONE
 
 
-async def _reply(writer: asyncio.StreamWriter, body: bytes) -> None:
+async def _reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, body: bytes) -> bool:
     script = dict(_DIRECTIVE.findall(body))
     tokens = int(script.get(b"tokens", b"50"))
     delay = float(script.get(b"delay", b"0"))
     if not delay and ONE_WRITE in body:
         writer.write(_whole_reply(tokens))
         await writer.drain()
-        return
+        return True
     writer.write(_HEAD + ROLE + FIRST)
     for index in range(1, tokens):
         await writer.drain()
@@ -72,30 +73,37 @@ async def _reply(writer: asyncio.StreamWriter, body: bytes) -> None:
         writer.write(WORDS[index % len(WORDS)])
     writer.write(STOP + _usage(tokens) + DONE)
     await writer.drain()
+    return True
 
 
-async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while True:
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = 0
-            for line in head.split(b"\r\n"):
-                if line[:15].lower() == b"content-length:":
-                    length = int(line[15:])
-            body = await reader.readexactly(length) if length else b""
-            await _reply(writer, body)
-    except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
-        pass
-    finally:
-        writer.close()
+Reply = Callable[[asyncio.StreamReader, asyncio.StreamWriter, bytes], Awaitable[bool]]
 
 
-async def main(port: int) -> None:
-    server = await asyncio.start_server(_serve, "127.0.0.1", port, backlog=8192, limit=1 << 20)
+async def serve(reply: Reply, port: int, backlog: int = 8192) -> None:
+    """Answer every request on every keep-alive connection with ``reply(reader, writer, body)``, which returns
+    False when the connection is done with. Prints the port it listens on."""
+
+    async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line[:15].lower() == b"content-length:":
+                        length = int(line[15:])
+                body = await reader.readexactly(length) if length else b""
+                if not await reply(reader, writer, body):
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(connection, "127.0.0.1", port, backlog=backlog, limit=1 << 20)
     print(f"listening {server.sockets[0].getsockname()[1]}", flush=True)
     async with server:
         await server.serve_forever()
 
 
 if __name__ == "__main__":
-    asyncio.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 0))
+    asyncio.run(serve(_reply, int(sys.argv[1]) if len(sys.argv) > 1 else 0))

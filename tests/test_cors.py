@@ -14,7 +14,7 @@ import jwt
 import pytest
 
 from service.config import ConfigError, Settings
-from tests.conftest import ServerFactory
+from tests.conftest import ServerFactory, _server_env
 from tests.servers import GunicornServer
 from tests.sse import read_events
 from tests.test_browser import MISSING, _launch
@@ -52,11 +52,8 @@ def cors_server(upstream: Any, tmp_path_factory: pytest.TempPathFactory) -> Iter
     """Auth on, two allowed origins, a tight request limit (preflights must not spend it)."""
     folder = tmp_path_factory.mktemp("cors")
     env = {
-        "OPENAI_BASE_URL": upstream.base_url,
-        "OPENAI_API_KEY": "test-key",
-        "DATABASE_URL": f"sqlite:///{folder / 'chat.sqlite3'}",
-        "CHAT_MODEL": "test-model",
-        "LOG_LEVEL": "warning",
+        **_server_env(upstream, f"sqlite:///{folder / 'chat.sqlite3'}"),
+        "RESUME_GRACE_SECONDS": "15",
         "JWT_SECRET": SECRET,
         "RATE_LIMIT": "1000/minute",
         "CORS_ORIGINS": f"{ALLOWED}, {ALSO_ALLOWED}",

@@ -174,6 +174,16 @@ class Traffic:
         self.attempts.append(attempt)
         return reader
 
+    async def _stream(self, attempt: Attempt, tokens: int | None = None) -> bool:
+        """Posts the attempt and reads its stream to the end, or only ``tokens`` token events before hanging up;
+        False (the refusal recorded) when the stream did not start."""
+        async with self._post(attempt) as response:
+            reader = await self._opened(attempt, response)
+            if reader is None:
+                return False
+            await self._read(attempt, reader, tokens)
+        return True
+
     async def _read(self, attempt: Attempt, reader: EventReader, tokens: int | None = None) -> None:
         """Reads up to the final event, or until ``tokens`` more token events have come; checks the event ids."""
         while tokens is None or tokens > 0:
@@ -216,11 +226,8 @@ class Traffic:
         count = tokens or self.random.randint(10, 60)
         delay = self.random.choice((0, 0.01, 0.02))
         attempt = self._attempt("completed", user or self._normal_user(), count, f"#delay={delay}")
-        async with self._post(attempt) as response:
-            reader = await self._opened(attempt, response)
-            if reader is None:
-                return
-            await self._read(attempt, reader)
+        if not await self._stream(attempt):
+            return
         self._expect(attempt, "done", "done")
         if attempt.received != reply_text(count):
             attempt.problem(f"received {len(attempt.received)} characters, not the {len(reply_text(count))} sent")
@@ -240,11 +247,8 @@ class Traffic:
     async def resumed(self) -> None:
         count = self.random.randint(30, 80)
         attempt = self._attempt("resumed", self._normal_user(), count, "#delay=0.02")
-        async with self._post(attempt) as response:
-            reader = await self._opened(attempt, response)
-            if reader is None:
-                return
-            await self._read(attempt, reader, tokens=self.random.randint(1, count // 2))
+        if not await self._stream(attempt, tokens=self.random.randint(1, count // 2)):
+            return
         # the connection is closed here, in the middle of the reply
         await asyncio.sleep(self.random.uniform(0.1, self.limits.resume_grace / 2))
         last = f"{attempt.stream_id}:{attempt.next_sequence - 1}"
@@ -263,11 +267,8 @@ class Traffic:
         attempt = self._attempt("abandoned", self._normal_user(), 600, "#delay=0.03")
         attempt.expected_status = "incomplete"
         attempt.saved_is_prefix = True
-        async with self._post(attempt) as response:
-            reader = await self._opened(attempt, response)
-            if reader is None:
-                return
-            await self._read(attempt, reader, tokens=self.random.randint(1, 10))
+        if not await self._stream(attempt, tokens=self.random.randint(1, 10)):
+            return
         await asyncio.sleep(self.limits.resume_grace + REPLAY_MARGIN_SECONDS)
         replay = Attempt("abandoned", attempt.user, attempt.message, attempt.tokens, stream_id=attempt.stream_id)
         async with self.client.stream(
@@ -294,11 +295,8 @@ class Traffic:
         stall = self.random.randint(1, 10)
         attempt = self._attempt("idle", self._normal_user(), 50, f"#delay=0.01 #stall={stall}")
         attempt.expected_status = "incomplete"
-        async with self._post(attempt) as response:
-            reader = await self._opened(attempt, response)
-            if reader is None:
-                return
-            await self._read(attempt, reader)
+        if not await self._stream(attempt):
+            return
         self._expect(attempt, "idle_timeout", "idle")
         if attempt.received != reply_text(stall):
             attempt.problem(f"received {attempt.received!r} before the silence, not {reply_text(stall)!r}")
@@ -307,11 +305,8 @@ class Traffic:
         user = f"soak-{self.run_id}-b{next(self._budget)}"
         attempt = self._attempt("budget", user, self.limits.token_budget + 500, "#delay=0")
         attempt.expected_status = "incomplete"
-        async with self._post(attempt) as response:
-            reader = await self._opened(attempt, response)
-            if reader is None:
-                return
-            await self._read(attempt, reader)
+        if not await self._stream(attempt):
+            return
         self._expect(attempt, "rate_limited", "budget")
         await self._refused(user, "budget", "429 budget")
 

@@ -15,7 +15,7 @@ import functools
 import re
 import sys
 
-from bench.upstream import _HEAD, DONE, ROLE, STOP, _chunk, _frame, _usage
+from bench.upstream import _HEAD, DONE, ROLE, STOP, _chunk, _frame, _usage, serve
 
 _DIRECTIVE = re.compile(rb"#(tokens|delay|stall)=([0-9.]+)")
 STALL_LIMIT_SECONDS = 300.0  # a stalled reply is dropped by the service long before this
@@ -61,29 +61,5 @@ async def _reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, bod
     return True
 
 
-async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while True:
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = 0
-            for line in head.split(b"\r\n"):
-                if line[:15].lower() == b"content-length:":
-                    length = int(line[15:])
-            body = await reader.readexactly(length) if length else b""
-            if not await _reply(reader, writer, body):
-                break
-    except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
-        pass
-    finally:
-        writer.close()
-
-
-async def main(port: int) -> None:
-    server = await asyncio.start_server(_serve, "127.0.0.1", port, backlog=4096, limit=1 << 20)
-    print(f"listening {server.sockets[0].getsockname()[1]}", flush=True)
-    async with server:
-        await server.serve_forever()
-
-
 if __name__ == "__main__":
-    asyncio.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 0))
+    asyncio.run(serve(_reply, int(sys.argv[1]) if len(sys.argv) > 1 else 0, backlog=4096))

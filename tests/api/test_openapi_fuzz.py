@@ -27,6 +27,7 @@ from schemathesis import Case
 from schemathesis.config import SchemathesisConfig
 
 from service.openapi import build_spec
+from tests.conftest import _server_env
 from tests.fake_upstream import FakeUpstream
 from tests.servers import GunicornServer
 from tests.sse import open_raw_stream, stream
@@ -73,12 +74,8 @@ class AliceData:
 def secured_server(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GunicornServer]:
     folder = tmp_path_factory.mktemp("fuzz")
     env = {
-        "OPENAI_BASE_URL": upstream.base_url,
-        "OPENAI_API_KEY": "test-key",
-        "DATABASE_URL": f"sqlite:///{folder / 'chat.sqlite3'}",
-        "CHAT_MODEL": "test-model",
-        "LOG_LEVEL": "warning",
-        "RATE_LIMIT": "100000/minute",
+        **_server_env(upstream, f"sqlite:///{folder / 'chat.sqlite3'}"),
+        "RESUME_GRACE_SECONDS": "15",
         "MAX_STREAMS_PER_USER": "50",
         "JWT_SECRET": SECRET,
     }
