@@ -56,14 +56,8 @@ class ChatResponseSchema(Schema):
     finish_reason = fields.String(data_key="finishReason")
     usage = fields.Nested(UsageSchema)
     cached = fields.Boolean(
-        metadata={"description": "Present (true) only when the reply came from the response cache (no provider call)."}
+        metadata={"description": "True when the reply came from the response cache, with no call to the model."}
     )
-
-    @post_dump
-    def _only_when_cached(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
-        if not data.get("cached"):
-            data.pop("cached", None)
-        return data
 
 
 class ErrorBodySchema(Schema):
