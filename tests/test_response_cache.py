@@ -20,7 +20,7 @@ from service.llm.streaming import CompletionRequest
 from service.store.reply_cache import KEY_PREFIX, MemoryReplyCache
 from tests.conftest import _server_env
 from tests.fake_upstream import FakeUpstream
-from tests.servers import GunicornServer
+from tests.servers import GunicornServer, free_port
 from tests.sse import Received, stream
 from tests.test_metrics_host import scrape, value
 
@@ -64,25 +64,28 @@ def cached_server(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFacto
     running.stop()
 
 
+Hosts = dict[str, GunicornServer]
+
+
 @pytest.fixture(scope="module")
-def redis_hosts(
-    upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[GunicornServer, GunicornServer, GunicornServer]]:
-    """Three hosts sharing a Redis cache: two with one system prompt, the third with another (and a short TTL)."""
+def redis_hosts(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hosts]:
+    """Hosts with the Redis cache, started together: ``briefly`` and ``briefly_too`` share one system prompt,
+    ``at_length`` has another (and a 2 s TTL); ``no_redis`` points at a port where no Redis listens."""
     folder = tmp_path_factory.mktemp("redis-cache")
     env = {**_server_env(upstream, f"sqlite:///{folder / 'chat.sqlite3'}"), "RESPONSE_CACHE": "redis"}
-    env["REDIS_URL"] = REDIS_URL
-    briefly = {**env, "SYSTEM_PROMPT": "Answer briefly.", "RESPONSE_CACHE_TTL": "30"}
-    at_length = {**env, "SYSTEM_PROMPT": "Answer at length.", "RESPONSE_CACHE_TTL": "2"}
-    servers = [
-        GunicornServer(settings, folder / f"gunicorn-{index}.log")
-        for index, settings in enumerate((briefly, briefly, at_length))
-    ]
+    briefly = {**env, "REDIS_URL": REDIS_URL, "SYSTEM_PROMPT": "Answer briefly.", "RESPONSE_CACHE_TTL": "30"}
+    settings = {
+        "briefly": briefly,
+        "briefly_too": briefly,
+        "at_length": {**briefly, "SYSTEM_PROMPT": "Answer at length.", "RESPONSE_CACHE_TTL": "2"},
+        "no_redis": {**env, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"},
+    }
+    hosts = {name: GunicornServer(value, folder / f"gunicorn-{name}.log") for name, value in settings.items()}
     try:
-        first, second, third = start_all(servers)
-        yield first, second, third
+        start_all(list(hosts.values()))
+        yield hosts
     finally:
-        for running in servers:
+        for running in hosts.values():
             running.stop()
         client = redis.Redis.from_url(REDIS_URL)
         for key in client.scan_iter(match=KEY_PREFIX + "*"):
@@ -226,9 +229,9 @@ def test_off_by_default(server: GunicornServer, upstream: FakeUpstream) -> None:
 
 
 def test_the_redis_cache_is_shared_by_hosts_with_the_same_input_and_expires(
-    redis_hosts: tuple[GunicornServer, GunicornServer, GunicornServer], upstream: FakeUpstream
+    redis_hosts: Hosts, upstream: FakeUpstream
 ) -> None:
-    first, second, other_prompt = redis_hosts
+    first, second, other_prompt = redis_hosts["briefly"], redis_hosts["briefly_too"], redis_hosts["at_length"]
     client = redis.Redis.from_url(REDIS_URL)
     marker, message = marked("#tokens=5")
 
@@ -245,6 +248,17 @@ def test_the_redis_cache_is_shared_by_hosts_with_the_same_input_and_expires(
     time.sleep(2.1)
     assert "cached" not in stream(other_prompt.url, {"message": message})[0].data
     assert upstream_calls(upstream, marker) == 3
+
+
+def test_a_redis_that_does_not_answer_is_a_miss_not_an_error(redis_hosts: Hosts, upstream: FakeUpstream) -> None:
+    marker, message = marked("#tokens=3")
+    for attempt in (1, 2):
+        events = stream(redis_hosts["no_redis"].url, {"message": message})
+        assert [event.type for event in events] == ["metadata"] + ["token"] * 3 + ["done"]
+        assert "cached" not in events[0].data and upstream_calls(upstream, marker) == attempt
+    looked_up = scrape(redis_hosts["no_redis"])  # it was asked, and missed
+    assert value(looked_up, "chat_response_cache_lookups_total", result="miss") == 2
+    assert value(looked_up, "chat_response_cache_lookups_total", result="hit") == 0
 
 
 def test_settings_are_checked_at_start() -> None:

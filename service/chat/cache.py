@@ -76,7 +76,12 @@ class ReplyCache:
         self.counted = counted
 
     def lookup(self, key: str) -> CachedReply | None:
-        value = self.store.get(key)
+        """The reply kept under ``key``, or None; a store that fails is a miss, never the request's failure."""
+        try:
+            value = self.store.get(key)
+        except Exception:
+            log.exception("could not read the response cache")
+            value = None
         found = CachedReply.decode(value) if value is not None else None
         if value is not None and found is None:
             log.warning("ignored a response cache entry this version cannot read")
