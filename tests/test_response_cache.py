@@ -15,6 +15,7 @@ import pytest
 import redis
 
 from service.chat.cache import CachedReply, reply_key
+from service.client import ChatClient, Metadata
 from service.config import ConfigError, Settings
 from service.llm.streaming import CompletionRequest
 from service.store.reply_cache import KEY_PREFIX, MemoryReplyCache
@@ -158,6 +159,10 @@ def test_the_non_streaming_endpoint_fills_the_cache_for_the_stream(
     assert whole["cached"] is False
     replayed = stream(cached_server.url, {"message": message})
     assert replayed[0].data["cached"] is True and "".join(tokens(replayed)) == whole["content"]
+    with ChatClient(cached_server.url) as client:  # the Python client says so too
+        assert client.chat(message).cached is True
+        first, *rest = client.stream(message)
+        assert isinstance(first, Metadata) and first.cached is True and len(rest) == 5
     assert upstream_calls(upstream, marker) == 1
 
 
