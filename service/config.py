@@ -67,6 +67,9 @@ class Settings:
     moderation: bool = False
     local_model_url: str | None = None
     cors_origins: tuple[str, ...] = ()  # exact origins whose pages may call the API; none: CORS off
+    response_cache: str = "off"  # off, memory (each worker its own) or redis (shared, at REDIS_URL)
+    response_cache_ttl: int = 3600  # seconds a cached reply is served
+    response_cache_max_entries: int = 1000  # per worker, with the memory backend: the least recently used go first
 
     @property
     def provider(self) -> str:
@@ -139,12 +142,23 @@ class Settings:
             moderation=reader.switch("MODERATION"),
             local_model_url=reader.optional("LOCAL_MODEL_URL"),
             cors_origins=parse_origins("CORS_ORIGINS", reader.items("CORS_ORIGINS")),
+            response_cache=response_cache(reader, redis_url),
+            response_cache_ttl=reader.integer("RESPONSE_CACHE_TTL", 3600, minimum=1),
+            response_cache_max_entries=reader.integer("RESPONSE_CACHE_MAX_ENTRIES", 1000, minimum=1),
         )
         return settings
 
 
 def default_database_url(instance_path: str) -> str:
     return f"sqlite:///{Path(instance_path) / 'chat.sqlite3'}"
+
+
+def response_cache(reader: EnvReader, redis_url: str | None) -> str:
+    """``RESPONSE_CACHE``: ``redis`` needs ``REDIS_URL``, and says so at start rather than caching nothing."""
+    backend = reader.choice("RESPONSE_CACHE", ("off", "memory", "redis"), "off")
+    if backend == "redis" and not redis_url:
+        raise ConfigError("Config 'RESPONSE_CACHE' is redis, which needs REDIS_URL set.")
+    return backend
 
 
 def graceful_timeout(reader: EnvReader) -> int:

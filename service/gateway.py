@@ -23,9 +23,10 @@ from flask import Flask
 from service.api import chat, conversations, health, pages, usage
 from service.api.errors import register_error_handlers
 from service.auth import Authenticator
+from service.chat.cache import ReplyCache
 from service.chat.context import ContextBuilder
 from service.chat.service import ChatService
-from service.config import Settings, default_database_url
+from service.config import ConfigError, Settings, default_database_url
 from service.extensions import KEY, Services
 from service.limits import LimitsUpkeep, TokenBudget, build_request_limiter, build_stream_slots
 from service.llm.providers import build_clients
@@ -42,6 +43,7 @@ from service.relay.watchdog import Timing
 from service.store.conversations import ConversationStore
 from service.store.database import Database
 from service.store.journal import SaveJournal, default_folder
+from service.store.reply_cache import MemoryReplyCache, RedisReplyCache
 from service.store.usage import UsageStore
 from service.tracing import start_tracing
 
@@ -117,6 +119,7 @@ def build_services(settings: Settings, user_loader: UserLoader | None = None) ->
     )
     if not auth.enabled:
         log.warning("JWT_SECRET and JWT_PUBLIC_KEY are unset: auth is OFF and every request is one local user.")
+    metrics = Metrics()
     found = Services(
         settings=settings,
         database=database,
@@ -127,6 +130,7 @@ def build_services(settings: Settings, user_loader: UserLoader | None = None) ->
             StreamingService(*build_clients(settings), response_timeout=settings.stream_idle_timeout),
             store,
             _context_builder(settings),
+            _reply_cache(settings, health, metrics),
         ),
         streams=StreamRegistry(),
         auth=auth,
@@ -139,7 +143,7 @@ def build_services(settings: Settings, user_loader: UserLoader | None = None) ->
         ),
         slots=build_stream_slots(settings, health),
         budget=TokenBudget(settings, health),
-        metrics=Metrics(),
+        metrics=metrics,
         shared=SharedStreams(settings.redis_url, health) if settings.redis_url else None,
         redis_health=health,
     )
@@ -153,6 +157,22 @@ def _context_builder(settings: Settings) -> ContextBuilder:
     windows = ContextWindows(dict(settings.context_windows), settings.context_window, local)
     counter = TokenCounter(LocalTokenizer(local) if local else None)
     return ContextBuilder(settings.system_prompt, settings.max_tokens, windows, counter)
+
+
+def _reply_cache(settings: Settings, health: RedisHealth, metrics: Metrics) -> ReplyCache | None:
+    """``RESPONSE_CACHE``: None when off, so a request pays one ``is None`` check for it."""
+    backend = settings.response_cache
+    if backend == "off":
+        return None
+    if backend == "memory":
+        return ReplyCache(
+            MemoryReplyCache(settings.response_cache_ttl, settings.response_cache_max_entries), metrics.cache_looked_up
+        )
+    if backend == "redis" and settings.redis_url:
+        return ReplyCache(
+            RedisReplyCache(settings.redis_url, settings.response_cache_ttl, health), metrics.cache_looked_up
+        )
+    raise ConfigError(f"Config 'RESPONSE_CACHE' must be off, memory or redis (redis with REDIS_URL), got {backend!r}.")
 
 
 def _register_gauges(found: Services) -> None:

@@ -98,6 +98,13 @@ class Metrics:
             "chat_upstream_errors", "Provider failures, by the error code they became.", ["kind"], registry=shared
         )
         self.refusals = Counter("chat_refusals", "Requests refused by a limit, by limit.", ["limit"], registry=shared)
+        self.cache_lookups = Counter(
+            "chat_response_cache_lookups",
+            "First-turn messages looked up in the response cache (RESPONSE_CACHE), by result: hit or miss.",
+            ["result"],
+            registry=shared,
+        )
+        self._cache_hits, self._cache_misses = self.cache_lookups.labels("hit"), self.cache_lookups.labels("miss")
         self.stream_seconds = Histogram(
             "chat_stream_seconds", "Whole-stream duration.", by_model, buckets=DURATION_BUCKETS, registry=shared
         )
@@ -170,6 +177,9 @@ class Metrics:
             series = self._by_model[model] = ModelSeries(self, model)
         return series
 
+    def cache_looked_up(self, hit: bool) -> None:
+        (self._cache_hits if hit else self._cache_misses).inc()
+
     def stream_started(self, model: str) -> None:
         self.for_model(model).started.inc()
 
@@ -182,6 +192,8 @@ class Metrics:
         series.stream_seconds.observe(seconds)
         if outcome in UPSTREAM_OUTCOMES:
             self.upstream_errors.labels(outcome).inc()
+        if chat.metadata.cached:  # no provider answered: its first token and rate are not the provider's
+            return
         ttft = chat.ttft_ms
         if ttft is not None:
             series.first_token_seconds.observe(ttft / 1000)

@@ -39,6 +39,7 @@ _EVENT_DATA: dict[str, dict[str, Any]] = {
             "model": {"type": "string"},
             "requestId": {"type": "string"},
             "omittedTurns": {"type": "integer", "minimum": 1},
+            "cached": {"type": "boolean", "enum": [True]},
         },
     },
     "TokenEvent": {"required": ["type", "content"], "properties": {"content": {"type": "string"}}},

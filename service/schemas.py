@@ -55,6 +55,9 @@ class ChatResponseSchema(Schema):
     model = fields.String()
     finish_reason = fields.String(data_key="finishReason")
     usage = fields.Nested(UsageSchema)
+    cached = fields.Boolean(
+        metadata={"description": "True when the reply came from the response cache, with no call to the model."}
+    )
 
 
 class ErrorBodySchema(Schema):
@@ -166,6 +169,14 @@ class TokenTotalsSchema(Schema):
     total_tokens = fields.Integer(data_key="totalTokens")
     estimated_replies = fields.Integer(
         data_key="estimatedReplies", metadata={"description": "Replies counted by the service: no provider usage."}
+    )
+    cached_replies = fields.Integer(
+        data_key="cachedReplies",
+        metadata={"description": "Replies answered from the response cache, with no provider call (in `replies`)."},
+    )
+    cached_tokens = fields.Integer(
+        data_key="cachedTokens",
+        metadata={"description": "The total tokens of the cached replies (in `totalTokens`): no provider was paid."},
     )
 
 

@@ -30,6 +30,8 @@ class Totals:
     completion_tokens: int = 0
     total_tokens: int = 0
     estimated_replies: int = 0
+    cached_replies: int = 0
+    cached_tokens: int = 0
 
     def add(self, row: UsageTotals | Totals) -> None:
         self.replies += row.replies
@@ -37,6 +39,8 @@ class Totals:
         self.completion_tokens += row.completion_tokens
         self.total_tokens += row.total_tokens
         self.estimated_replies += row.estimated_replies
+        self.cached_replies += row.cached_replies
+        self.cached_tokens += row.cached_tokens
 
 
 @dataclass

@@ -38,6 +38,7 @@ class Metadata:
     model: str
     omitted_turns: int = 0  # earlier messages left out of the model's context to fit its window
     request_id: str | None = None  # X-Request-ID: the same id is in every log line about this request
+    cached: bool = False  # answered from the response cache (``RESPONSE_CACHE``), with no provider call
 
     def payload(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -51,6 +52,8 @@ class Metadata:
             body["omittedTurns"] = self.omitted_turns
         if self.request_id:
             body["requestId"] = self.request_id
+        if self.cached:
+            body["cached"] = True
         return body
 
 

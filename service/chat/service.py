@@ -1,7 +1,7 @@
 """ChatService: the orchestration of one chat turn, and nothing else.
 
-checks → context fitted to the model's window → upstream stream → a ``ChatStream`` that yields events and saves
-the exchange once.
+checks → context fitted to the model's window → upstream stream (or, for a first turn seen before, the response
+cache's copy) → a ``ChatStream`` that yields events and saves the exchange once.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from service.chat.cache import CachedReply, ReplayedUpstream, ReplyCache, reply_key
 from service.chat.context import Context, ContextBuilder
 from service.chat.events import Done, Error, Event, Metadata, Usage
 from service.chat.safety import checked_message
@@ -34,16 +35,23 @@ class ChatResult:
     model: str
     finish_reason: str
     usage: Usage
+    cached: bool = False  # answered from the response cache
 
 
 class ChatService:
     def __init__(
-        self, settings: Settings, streaming: StreamingService, store: ConversationStore, context: ContextBuilder
+        self,
+        settings: Settings,
+        streaming: StreamingService,
+        store: ConversationStore,
+        context: ContextBuilder,
+        cache: ReplyCache | None = None,  # RESPONSE_CACHE: None when off
     ) -> None:
         self.settings = settings
         self.streaming = streaming
         self.store = store
         self.context = context
+        self.cache = cache
 
     def open_stream(
         self,
@@ -73,11 +81,36 @@ class ChatService:
         model = request.model or settings.chat_model
         if trace is not None:
             trace.mark("provider")
+        cache = self.cache
+        if cache is not None and request.conversation_id is None:  # a first turn: its input may have been seen
+            first_turn = self.context.build(model, history, message).messages
+            key = reply_key(self._completion(model, first_turn))
+            cached = cache.lookup(key)
+            if cached is not None:
+                return self._replay(cached, request, conversation_id, model, meter, on_end)
+            on_end = cache.keeper(key, on_end)
         context, upstream = self._open_upstream(model, history, message, request.request_id)
         metadata = Metadata(
             uuid.uuid4().hex, conversation_id, str(uuid.uuid4()), model, context.omitted, request.request_id
         )
         return ChatStream(metadata, request, upstream, self.store, context.prompt_tokens, meter, on_end)
+
+    def _replay(
+        self,
+        cached: CachedReply,
+        request: ChatRequest,
+        conversation_id: str,
+        model: str,
+        meter: TokenMeter | None,
+        on_end: Callable[[ChatStream], None] | None,
+    ) -> ChatStream:
+        """A stream of a cached reply: the same events as a provider's, ``cached`` in its metadata; saved and
+        counted as any other."""
+        metadata = Metadata(
+            uuid.uuid4().hex, conversation_id, str(uuid.uuid4()), model, 0, request.request_id, cached=True
+        )
+        upstream = ReplayedUpstream(cached)
+        return ChatStream(metadata, request, upstream, self.store, cached.prompt_tokens, meter, on_end)
 
     def _open_upstream(
         self, model: str, history: list[tuple[str, str]], message: str, request_id: str | None
@@ -86,9 +119,7 @@ class ChatService:
         (it counts with its own tokenizer) gets one more try with half the history kept, then the user is told."""
         context = self.context.build(model, history, message)
         try:
-            return context, self.streaming.open(
-                CompletionRequest(model, context.messages, self.settings.max_tokens, request_id)
-            )
+            return context, self.streaming.open(self._completion(model, context.messages, request_id))
         except ContextTooLong as refused:
             if refused.window:
                 self.context.learn(model, refused.window)
@@ -96,9 +127,14 @@ class ChatService:
                 raise ContextTooLong() from None
             log.info("model %s refused %d history messages as too long; retrying with fewer", model, context.kept)
         context = self.context.build(model, history, message, keep_at_most=context.kept // 2)
-        return context, self.streaming.open(
-            CompletionRequest(model, context.messages, self.settings.max_tokens, request_id)
-        )
+        return context, self.streaming.open(self._completion(model, context.messages, request_id))
+
+    def _completion(
+        self, model: str, messages: list[dict[str, str]], request_id: str | None = None
+    ) -> CompletionRequest:
+        """What the provider is sent: the one place it is put together, so the response cache's key (its hash, the
+        id aside) covers every part of it."""
+        return CompletionRequest(model, messages, self.settings.max_tokens, request_id)
 
     def chat(self, stream: ChatStream) -> ChatResult:
         """Run a stream to its end and answer as one whole reply (the non-streaming fallback)."""
@@ -118,4 +154,5 @@ class ChatService:
             metadata.model,
             finish_reason,
             stream.usage(),
+            metadata.cached,
         )

@@ -216,6 +216,7 @@ class ChatStream:
                     duration_ms=round(seconds * 1000, 1),
                     tokens_per_second=self.tokens_per_second(usage.completion_tokens, seconds),
                     outcome=self.outcome,
+                    cached=self.metadata.cached,
                 )
             )
         except Exception:

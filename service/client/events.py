@@ -29,6 +29,7 @@ class Metadata(_Wire):
     model: str
     omitted_turns: int = 0  # earlier messages the service left out of the model's context to fit its window
     request_id: str | None = None  # the service's id for the request: quote it when reporting a problem
+    cached: bool = False  # the reply comes from the service's response cache, with no call to the model
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,7 @@ class ChatResult(_Wire):
     model: str
     finish_reason: str
     usage: Usage
+    cached: bool = False  # the reply came from the service's response cache, with no call to the model
 
 
 def usage_of(raw: Any) -> Usage:
@@ -78,7 +80,8 @@ def parse_event(data: dict[str, Any]) -> Event | None:
         omitted_turns = omitted if isinstance(omitted, int) else 0
         request_id = data.get("requestId")
         request_id = request_id if isinstance(request_id, str) else None
-        return Metadata(stream_id, conversation_id, message_id, model, omitted_turns, request_id, raw=data)
+        cached = data.get("cached") is True
+        return Metadata(stream_id, conversation_id, message_id, model, omitted_turns, request_id, cached, raw=data)
     if kind == "token":
         return Token(str(data.get("content", "")), raw=data)
     if kind == "done":

@@ -78,7 +78,8 @@ class ChatClient:
         timeout = httpx.Timeout(self.timeout, read=max(self.timeout, CHAT_READ_TIMEOUT))
         raw = self._request("POST", "/chat", retries, json=body, timeout=timeout).json()
         conversation_id, message_id, content, model, finish = (str(raw.get(key, "")) for key in RESULT_KEYS)
-        return ChatResult(conversation_id, message_id, content, model, finish, usage_of(raw.get("usage")), raw=raw)
+        usage, cached = usage_of(raw.get("usage")), raw.get("cached") is True
+        return ChatResult(conversation_id, message_id, content, model, finish, usage, cached, raw=raw)
 
     def conversations(self) -> list[dict[str, Any]]:
         return list(self._request("GET", "/conversations").json()["conversations"])

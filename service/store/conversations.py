@@ -58,6 +58,7 @@ class ExchangeRecord:
     duration_ms: float = 0.0
     tokens_per_second: float | None = None  # completion tokens a second after the first token
     outcome: str = "done"  # or the error code the reply ended with
+    cached: bool = False  # answered from the response cache: no provider call
 
     def usage_row(self, at: datetime) -> dict[str, Any]:
         prompt, completion = self.prompt_tokens or 0, self.completion_tokens or 0
@@ -75,6 +76,7 @@ class ExchangeRecord:
             "duration_ms": self.duration_ms,
             "tokens_per_second": None if self.tokens_per_second is None else round(self.tokens_per_second, 2),
             "outcome": self.outcome,
+            "cached": self.cached,
             "created_at": at,
         }
 

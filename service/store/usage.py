@@ -2,7 +2,8 @@
 same transaction, by ``service.store.conversations``).
 
 Totals are summed by the database, grouped by UTC day or by model, and split between streamed and non-streamed
-replies, so a query over a year of replies returns a few hundred rows, not the replies themselves.
+replies, so a query over a year of replies returns a few hundred rows, not the replies themselves. Replies answered
+from the response cache count in the totals (they were served) and are also counted apart (no provider was paid).
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ class UsageTotals:
     completion_tokens: int
     total_tokens: int
     estimated_replies: int  # replies whose counts are the service's estimate (the provider sent none)
+    cached_replies: int = 0  # replies answered from the response cache: no provider call
+    cached_tokens: int = 0  # the total tokens of those replies (counted in ``total_tokens`` too)
 
 
 class UsageStore:
@@ -39,6 +42,8 @@ class UsageStore:
         """Totals of replies in ``[start, end)``, of ``user_id`` or of every user (None), by ``group_by``."""
         key = self._day() if group_by == "day" else usage.c.model
         estimated: Case[Any] = case((usage.c.estimated, 1), else_=0)
+        cached: Case[Any] = case((usage.c.cached, 1), else_=0)
+        cached_tokens: Case[Any] = case((usage.c.cached, usage.c.total_tokens), else_=0)
         query = (
             select(
                 key.label("group"),
@@ -48,6 +53,8 @@ class UsageStore:
                 func.sum(usage.c.completion_tokens),
                 func.sum(usage.c.total_tokens),
                 func.sum(estimated),
+                func.sum(cached),
+                func.sum(cached_tokens),
             )
             .where(usage.c.created_at >= start, usage.c.created_at < end)
             .group_by(key, usage.c.streamed)
@@ -57,8 +64,18 @@ class UsageStore:
             query = query.where(usage.c.user_id == user_id)
         rows = self.database.statements(lambda connection: connection.execute(query).all())
         return [
-            UsageTotals(str(group), bool(streamed), int(count), int(prompt), int(completion), int(total), int(guessed))
-            for group, streamed, count, prompt, completion, total, guessed in rows
+            UsageTotals(
+                str(group),
+                bool(streamed),
+                int(count),
+                int(prompt),
+                int(completion),
+                int(total),
+                int(guessed),
+                int(hits or 0),
+                int(hit_tokens or 0),
+            )
+            for group, streamed, count, prompt, completion, total, guessed, hits, hit_tokens in rows
         ]
 
     def _day(self) -> ColumnElement[str]:
