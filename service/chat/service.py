@@ -17,9 +17,9 @@ from service.chat.events import Done, Error, Event, Metadata, Usage
 from service.chat.safety import checked_message
 from service.chat.stream import ChatRequest, ChatStream, TokenMeter
 from service.config import Settings
-from service.errors import ContentFiltered, ContextTooLong, NotFound, RateLimited, UpstreamUnavailable
+from service.errors import ContentFiltered, ContextTooLong, InvalidRequest, NotFound, RateLimited, UpstreamUnavailable
 from service.llm.streaming import CompletionRequest, StreamingService, UpstreamStream
-from service.store.conversations import ConversationStore
+from service.store.conversations import ConversationStore, Placement, WrongRole
 
 log = logging.getLogger(__name__)
 
@@ -55,21 +55,23 @@ class ChatService:
         settings = self.settings
         moderators = [self.streaming.moderate] if settings.moderation else []
         trace = request.trace
+        placement: Placement | None = None
+        if request.regenerate_id and request.conversation_id:  # the question asked again is the stored one
+            placement = self._placement(request, request.conversation_id)
+            request = dataclasses.replace(request, message=placement.message or "")
         if trace is not None:
             trace.mark("safety")
         message = checked_message(request.message, settings.max_message_chars, settings.blocked_terms, moderators)
         if trace is not None:
             trace.mark("safety_end")
         request = dataclasses.replace(request, message=message)
-        history: list[tuple[str, str]] = []
         conversation_id = request.conversation_id
         if conversation_id is None:
             conversation_id = str(uuid.uuid4())
-        else:
-            found = self.store.history(conversation_id, request.user_id, settings.history_messages)
-            if found is None:
-                raise NotFound("No such conversation.")
-            history = found
+            placement = Placement.first_turn()
+        elif placement is None:
+            placement = self._placement(request, conversation_id)
+        history = placement.history
         model = request.model or settings.chat_model
         if trace is not None:
             trace.mark("provider")
@@ -77,7 +79,24 @@ class ChatService:
         metadata = Metadata(
             uuid.uuid4().hex, conversation_id, str(uuid.uuid4()), model, context.omitted, request.request_id
         )
-        return ChatStream(metadata, request, upstream, self.store, context.prompt_tokens, meter, on_end)
+        return ChatStream(metadata, request, upstream, self.store, context.prompt_tokens, meter, on_end, placement)
+
+    def _placement(self, request: ChatRequest, conversation_id: str) -> Placement:
+        """Where the turn goes in the conversation's tree; a message id not in the user's conversation is not found
+        (whether it exists elsewhere is not told)."""
+        try:
+            found = self.store.placement(
+                conversation_id, request.user_id, self.settings.history_messages, request.regenerate_id, request.edit_id
+            )
+        except WrongRole as wrong:
+            field = "regenerateMessageId" if request.regenerate_id else "editMessageId"
+            raise InvalidRequest(
+                f"That message cannot be {'regenerated' if request.regenerate_id else 'edited'}.",
+                {field: [f"must name a message of role {wrong.expected}"]},
+            ) from None
+        if found is None:
+            raise NotFound("No such message." if request.regenerate_id or request.edit_id else "No such conversation.")
+        return found
 
     def _open_upstream(
         self, model: str, history: list[tuple[str, str]], message: str, request_id: str | None
