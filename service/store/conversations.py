@@ -359,14 +359,14 @@ def _write_exchanges(connection: Connection, records: list[ExchangeRecord]) -> N
         conversation_id = record.conversation_id
         at = record.ended_at or now
         after = seen.get(conversation_id)
+        if after is None and record.depth is None and not record.new_conversation:
+            # a record that names no place (an older version's): after the current message, read before it moves
+            current = connection.execute(_CURRENT, {"b_id": conversation_id}).one_or_none()
+            after = (current[0], current[1]) if current is not None else None
         touch = {"b_id": conversation_id, "b_now": at, "b_current": record.reply_id}
         if conversation_id in created:
             created[conversation_id]["current_message_id"] = record.reply_id
-        elif not record.new_conversation and connection.execute(_TOUCH, touch).rowcount:
-            if record.depth is None and after is None:  # a record that names no place (an older version's)
-                current = connection.execute(_CURRENT, {"b_id": conversation_id}).one_or_none()
-                after = (current[0], current[1]) if current is not None else None
-        else:
+        elif record.new_conversation or not connection.execute(_TOUCH, touch).rowcount:
             title = " ".join(record.user_message.split())[:TITLE_CHARS] or "New conversation"
             row = {
                 "id": conversation_id,
