@@ -67,7 +67,9 @@ def switch_branch(conversation_id: str) -> dict[str, Any]:
     found = services()
     user_id = current_user(found.auth)
     body = load(_current, json_body(found.settings.max_body_bytes, found.settings.request_read_timeout_seconds))
-    conversation = found.conversations.switch_branch(_conversation_id(conversation_id), user_id, str(body["messageId"]))
+    conversation = found.conversations.switch_branch(
+        _conversation_id(conversation_id), user_id, str(body["message_id"])
+    )
     if conversation is None:
         raise NotFound("No such message.")
     detail: dict[str, Any] = _detail.dump(conversation)
