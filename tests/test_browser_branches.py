@@ -1,8 +1,9 @@
-"""The chat page's model picker, regenerate, edit and "‹ 2 / 3 ›" arrows in headless Chromium, against real
+"""The chat page's model picker, regenerate, edit and "2 / 3" version arrows in headless Chromium, against real
 gunicorn and the scripted upstream."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,10 +26,8 @@ from tests.test_browser import (
     wait_until,
 )
 
-try:
+with contextlib.suppress(ImportError):  # tests.test_browser names what is missing
     from playwright.sync_api import Browser, Page, expect, sync_playwright
-except ImportError:
-    pass
 
 pytestmark = pytest.mark.browser
 
