@@ -61,6 +61,7 @@ class ChatPage {
     this.turn = null;
     this.tree = null; // the open conversation's messages, every branch (branches.js)
     this.defaultModel = "";
+    this.wantedModel = ""; // the open branch's newest model, picked once the list is loaded
     this.branchActions = {
       show: (message) => this.showSibling(message),
       edit: (message) => this.edit(message),
@@ -134,7 +135,7 @@ class ChatPage {
       // without the list (no token yet), turns use the default model
     }
     const picker = this.el.model;
-    const chosen = picker.value;
+    const chosen = this.wantedModel || picker.value;
     picker.replaceChildren();
     for (const model of models) {
       const option = element("option", "", model.default ? `${model.id} (default)` : model.id);
@@ -157,6 +158,7 @@ class ChatPage {
   /** Show the model that wrote the branch's newest reply, when the picker offers it. */
   pickModelOf(tree) {
     const model = tree.lastModel();
+    this.wantedModel = model; // for a list still loading
     if (model && [...this.el.model.options].some((option) => option.value === model)) this.el.model.value = model;
   }
 
