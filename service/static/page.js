@@ -136,6 +136,7 @@ class ChatPage {
     }
     const picker = this.el.model;
     const chosen = this.wantedModel || picker.value;
+    this.wantedModel = "";
     picker.replaceChildren();
     for (const model of models) {
       const option = element("option", "", model.default ? `${model.id} (default)` : model.id);
