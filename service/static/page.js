@@ -27,6 +27,17 @@ function withoutExchange(messages, messageId) {
   return [...messages.slice(0, start), ...messages.slice(index + 1)];
 }
 
+/** The model picker's label and list in `container`; the options come from GET /models (loadModels). */
+function modelSelect(container) {
+  const label = element("label", "", "Model");
+  label.htmlFor = "model";
+  const picker = element("select");
+  picker.id = "model";
+  picker.name = "model";
+  container.append(label, picker);
+  return picker;
+}
+
 /** The saved messages a picked-up turn continues from: before its own (and, for a branch, before what it replaces). */
 function beforeTurn(messages, running) {
   const own = messages.findIndex((message) => message.id === running.messageId);
@@ -56,8 +67,9 @@ class ChatPage {
       status: $("stream-status"),
       token: $("token"),
       tokenForm: $("token-form"),
-      model: $("model"),
+      modelPicker: $("model-picker"),
     };
+    this.el.model = modelSelect(this.el.modelPicker);
     this.turn = null;
     this.tree = null; // the open conversation's messages, every branch (branches.js)
     this.defaultModel = "";
@@ -147,7 +159,7 @@ class ChatPage {
     this.defaultModel = models.some((model) => model.default) ? fallback.id : "";
     if (models.some((model) => model.id === chosen)) picker.value = chosen;
     else if (fallback) picker.value = fallback.id;
-    picker.parentElement.hidden = models.length < 2;
+    this.el.modelPicker.hidden = models.length < 2;
   }
 
   /** The model picked for the next turn; null for the default. */
