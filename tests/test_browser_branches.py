@@ -143,3 +143,22 @@ def test_edit_starts_a_new_branch_and_the_old_one_stays_reachable(
     expect(questions.first.locator(".branch-position")).to_have_text("1 / 2")
     expect(tab.locator("#messages .message")).to_have_count(4)
     assert shown_messages(tab)[0] == ("user", first)
+
+
+def test_a_reload_mid_regenerate_picks_it_up_in_place_of_the_old_reply(
+    tab: Page, server_factory: ServerFactory
+) -> None:
+    graced = server_factory(RESUME_GRACE_SECONDS="10")
+    open_chat(tab, graced)
+    question = f"{marker('slow')} #tokens=30 #delay=0.05"
+    send(tab, question)
+    wait_finished(tab)
+    replies = tab.locator("#messages .message.assistant")
+    replies.last.locator(".message-regenerate").click()
+    expect(tab.locator("#reply .text")).to_contain_text(reply_for(3))
+    tab.reload()
+    wait_finished(tab)
+    assert shown_messages(tab) == [("user", question), ("assistant", reply_for(30))]  # one question, one reply
+    expect(replies.last.locator(".branch-position")).to_have_text("2 / 2")
+    saved = saved_conversation(graced, conversation_in_url(tab))
+    assert len(saved["allMessages"]) == 3 and saved["messages"][-1]["status"] == "complete"
