@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from service.errors import DatabaseUnavailable
 from service.store.conversations import ConversationStore, ExchangeRecord, Placement, WrongRole
 from service.store.database import Database
+from service.store.journal import SaveJournal
 
 POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
@@ -180,3 +182,45 @@ def test_records_that_name_no_place_go_after_the_current_message(store: Conversa
     ]
     assert read.messages[4].parent_id == current
     assert read.messages[1].id == first_reply
+
+
+def test_a_journaled_branch_is_replayed_in_its_place(store: ConversationStore, tmp_path: Path) -> None:
+    """A regenerated reply saved while the database was away keeps its place through the journal's file."""
+    user, conversation = f"u-{uuid.uuid4()}", str(uuid.uuid4())
+    turn(store, conversation, user, "one", new=True)
+    _, old_reply = turn(store, conversation, user, "two")
+    placement = store.placement(conversation, user, 10, regenerate_id=old_reply)
+    assert placement is not None
+    reply_id = str(uuid.uuid4())
+    item = ExchangeRecord(
+        conversation,
+        user,
+        "two",
+        "journaled",
+        reply_id,
+        "incomplete",
+        "m",
+        None,
+        1,
+        1,
+        parent_id=placement.parent_id,
+        depth=placement.depth,
+        user_message_id=placement.user_message_id,
+        regenerate=placement.regenerate,
+    )
+    folder = tmp_path / "journal"
+    dying = SaveJournal(folder, store.database.url)
+    dying.append(item, DatabaseUnavailable())
+    dying.close()  # its worker is gone; the file stays for another to adopt
+    adopter = SaveJournal(folder, store.database.url)
+    try:
+        assert [count for _, count in adopter.adopt()] == [1]
+        assert adopter.replay(store).written == 1
+    finally:
+        adopter.close()
+    read = store.read(conversation, user)
+    assert read is not None and read.all_messages is not None
+    by_id = {message.id: message for message in read.all_messages}
+    assert len(by_id) == 5
+    assert by_id[reply_id].parent_id == by_id[old_reply].parent_id and by_id[reply_id].position == 3
+    assert read.current_message_id == reply_id
