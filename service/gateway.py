@@ -20,7 +20,7 @@ from pathlib import Path
 
 from flask import Flask
 
-from service.api import chat, conversations, health, pages, usage
+from service.api import chat, conversations, health, models, pages, usage
 from service.api.errors import register_error_handlers
 from service.auth import Authenticator
 from service.chat.cache import ReplyCache
@@ -97,6 +97,7 @@ class ChatGateway:
         app.register_blueprint(chat.bp, url_prefix=prefix + API_PREFIX)
         app.register_blueprint(conversations.bp, url_prefix=prefix + API_PREFIX + "/conversations")
         app.register_blueprint(usage.bp, url_prefix=prefix + API_PREFIX + "/usage")
+        app.register_blueprint(models.bp, url_prefix=prefix + API_PREFIX + "/models")
         app.register_blueprint(health.bp, url_prefix=prefix or None)
         if standalone:
             app.register_blueprint(pages.bp)

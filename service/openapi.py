@@ -136,6 +136,8 @@ def build_spec() -> dict[str, Any]:
         "Conversation": schemas.ConversationSchema,
         "ConversationDetail": schemas.ConversationDetailSchema,
         "ConversationList": schemas.ConversationListSchema,
+        "CurrentBranch": schemas.CurrentBranchSchema,
+        "ModelList": schemas.ModelListSchema,
         "UsageReport": schemas.UsageReportSchema,
     }.items():
         spec.components.schema(name, schema=schema)
@@ -179,6 +181,23 @@ def build_spec() -> dict[str, Any]:
                 parameters=page,
             ),
         },
+        "/api/v1/ai/models": {
+            "get": _secured(
+                "The models a request may pick, and the default",
+                {"200": _json("models", "ModelList"), **_errors("401", "503")},
+            ),
+        },
+        "/api/v1/ai/conversations/{conversationId}/current": {
+            "put": _secured(
+                "Make the branch through a message current, down to its newest descendant",
+                {
+                    "200": _json("the conversation", "ConversationDetail"),
+                    **_errors("400", "401", "404", "408", "413", "415", "503"),
+                },
+                parameters=[conversation_id],
+                requestBody={"required": True, "content": {"application/json": {"schema": "CurrentBranch"}}},
+            ),
+        },
         "/api/v1/ai/usage": {
             "get": _secured(
                 "The caller's token usage (an admin's: any user's, or every user's with user=*)",
@@ -196,7 +215,7 @@ def build_spec() -> dict[str, Any]:
         },
         "/api/v1/ai/conversations/{conversationId}": {
             "get": _secured(
-                "One conversation with its messages, oldest first",
+                "One conversation: its current branch oldest first, and every branch's messages",
                 {"200": _json("the conversation", "ConversationDetail"), **_errors("401", "404", "503")},
                 parameters=[conversation_id],
             ),

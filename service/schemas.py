@@ -6,7 +6,17 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from marshmallow import RAISE, Schema, ValidationError, fields, post_dump, post_load, pre_load, validate
+from marshmallow import (
+    RAISE,
+    Schema,
+    ValidationError,
+    fields,
+    post_dump,
+    post_load,
+    pre_load,
+    validate,
+    validates_schema,
+)
 
 DEFAULT_USAGE_DAYS = 30
 MAX_USAGE_DAYS = 400
@@ -28,11 +38,50 @@ class ChatRequestSchema(Schema):
     class Meta:
         unknown = RAISE
 
-    message = fields.String(required=True, metadata={"description": "The user's message."})
+    message = fields.String(
+        load_default=None, metadata={"description": "The user's message (required unless `regenerateMessageId`)."}
+    )
     conversationId = fields.UUID(  # noqa: N815 - the wire name
         load_default=None, allow_none=True, metadata={"description": "Continue a conversation you own."}
     )
-    model = fields.String(load_default=None, allow_none=True, validate=validate.Length(min=1, max=200))
+    model = fields.String(
+        load_default=None,
+        allow_none=True,
+        validate=validate.Length(min=1, max=200),
+        metadata={"description": "One of `GET /api/v1/ai/models`; any turn may change it. Default: the default."},
+    )
+    regenerateMessageId = fields.UUID(  # noqa: N815 - the wire name
+        load_default=None,
+        allow_none=True,
+        metadata={
+            "description": "An assistant message of `conversationId`: answer its question again, as a new reply "
+            "beside it (no `message`)."
+        },
+    )
+    editMessageId = fields.UUID(  # noqa: N815 - the wire name
+        load_default=None,
+        allow_none=True,
+        metadata={
+            "description": "A user message of `conversationId`: `message` replaces it as a new branch beside it, "
+            "and is answered."
+        },
+    )
+
+    @validates_schema
+    def _one_turn(self, data: dict[str, Any], **kwargs: Any) -> None:
+        """A plain turn needs a message; a regenerate takes none; either branch needs its conversation."""
+        regenerate, edit = data.get("regenerateMessageId"), data.get("editMessageId")
+        errors: dict[str, list[str]] = {}
+        if regenerate and edit:
+            errors["editMessageId"] = ["Give regenerateMessageId or editMessageId, not both."]
+        if (regenerate or edit) and not data.get("conversationId"):
+            errors["conversationId"] = ["Required with regenerateMessageId or editMessageId."]
+        if regenerate and data.get("message") is not None:
+            errors["message"] = ["Not taken with regenerateMessageId: the question is the stored one."]
+        if not regenerate and data.get("message") is None:
+            errors["message"] = ["Missing data for required field."]
+        if errors:
+            raise ValidationError(errors)
 
 
 class UsageSchema(Schema):
@@ -72,6 +121,10 @@ class ErrorSchema(Schema):
 
 class MessageSchema(Schema):
     id = fields.String()
+    parent_id = fields.String(
+        allow_none=True, data_key="parentId", metadata={"description": "The message it follows; null: the first."}
+    )
+    current = fields.Boolean(metadata={"description": "On the conversation's current branch."})
     role = fields.String(validate=validate.OneOf(["user", "assistant"]))
     content = fields.String()
     status = fields.String(validate=validate.OneOf(["complete", "incomplete"]))
@@ -89,7 +142,42 @@ class ConversationSchema(Schema):
 
 
 class ConversationDetailSchema(ConversationSchema):
-    messages = fields.List(fields.Nested(MessageSchema))
+    messages = fields.List(
+        fields.Nested(MessageSchema), metadata={"description": "The current branch, oldest first: what the model sees."}
+    )
+    all_messages = fields.List(
+        fields.Nested(MessageSchema),
+        data_key="allMessages",
+        metadata={
+            "description": "Every message of every branch, by depth then time; siblings (regenerated replies, "
+            "edited messages) share a `parentId`."
+        },
+    )
+    current_message_id = fields.String(
+        allow_none=True,
+        data_key="currentMessageId",
+        metadata={"description": "The newest message of the current branch."},
+    )
+
+
+class CurrentBranchSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    message_id = fields.UUID(
+        required=True,
+        data_key="messageId",
+        metadata={"description": "A message of the conversation: its branch, down to its newest descendant."},
+    )
+
+
+class ModelSchema(Schema):
+    id = fields.String()
+    default = fields.Boolean(metadata={"description": "Used when a request names no model."})
+
+
+class ModelListSchema(Schema):
+    models = fields.List(fields.Nested(ModelSchema))
 
 
 class ConversationListSchema(Schema):

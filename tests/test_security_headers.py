@@ -26,7 +26,7 @@ CHAT = f"{API}/chat"
 # What must never reach a client: a traceback, a framework's or the interpreter's version, a statement or a driver.
 LEAKS = re.compile(
     r"Traceback|File \"|werkzeug|gunicorn/\d|python/?\s*\d|sqlalchemy|sqlite3?\.|psycopg|"
-    r"\bSELECT\b|\bINSERT\b|\bUPDATE\s+\w+\s+SET\b|\bDELETE\s+FROM\b|\bFROM\s+(conversations|messages|usage)\b",
+    r"\bSELECT\s+(\*|[\w.]+(\s*,\s*[\w.]+)*)\s+FROM\b|\bINSERT\b|\bUPDATE\s+\w+\s+SET\b|\bDELETE\s+FROM\b|\bFROM\s+(conversations|messages|usage)\b",
     re.IGNORECASE,
 )
 

@@ -49,9 +49,17 @@ def _chat_request(found: Services, user_id: str) -> ChatRequest:
         raise InvalidRequest(
             "That model is not available.", {"model": [f"must be one of {list(found.settings.allowed_models)}"]}
         )
-    conversation = body["conversationId"]
-    conversation_id = str(conversation) if conversation else None
-    return ChatRequest(user_id, body["message"], conversation_id, model, request_id(), trace=_trace())
+    conversation, regenerate, edit = body["conversationId"], body["regenerateMessageId"], body["editMessageId"]
+    return ChatRequest(
+        user_id,
+        body["message"] or "",  # a regenerate's is the stored question's
+        str(conversation) if conversation else None,
+        model,
+        request_id(),
+        trace=_trace(),
+        regenerate_id=str(regenerate) if regenerate else None,
+        edit_id=str(edit) if edit else None,
+    )
 
 
 def _trace() -> RequestTrace | None:

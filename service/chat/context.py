@@ -47,8 +47,9 @@ class ContextBuilder:
     def build(
         self, model: str, history: Sequence[tuple[str, str]], message: str, keep_at_most: int | None = None
     ) -> Context:
-        """``history`` is oldest first, already capped to ``HISTORY_MESSAGES`` by the store; empty replies are
-        dropped (a stream cancelled before its first token leaves one) because some servers reject empty
+        """``history`` is the conversation's current branch up to this turn (the store walks it up from the branch's
+        newest message, so no other branch is in it), oldest first and already capped to ``HISTORY_MESSAGES``; empty
+        replies are dropped (a stream cancelled before its first token leaves one) because some servers reject empty
         content. ``keep_at_most`` caps the history kept (a retry after the provider counted more than we did)."""
         window = self.windows.size(model)
         budget = window - self.reserve(window) - REPLY_PRIMER

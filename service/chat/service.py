@@ -18,9 +18,9 @@ from service.chat.events import Done, Error, Event, Metadata, Usage
 from service.chat.safety import checked_message
 from service.chat.stream import ChatRequest, ChatStream, TokenMeter
 from service.config import Settings
-from service.errors import ContentFiltered, ContextTooLong, NotFound, RateLimited, UpstreamUnavailable
+from service.errors import ContentFiltered, ContextTooLong, InvalidRequest, NotFound, RateLimited, UpstreamUnavailable
 from service.llm.streaming import CompletionRequest, StreamingService, UpstreamStream
-from service.store.conversations import ConversationStore
+from service.store.conversations import ConversationStore, Placement, WrongRole
 
 log = logging.getLogger(__name__)
 
@@ -63,21 +63,23 @@ class ChatService:
         settings = self.settings
         moderators = [self.streaming.moderate] if settings.moderation else []
         trace = request.trace
+        placement: Placement | None = None
+        if request.regenerate_id and request.conversation_id:  # the question asked again is the stored one
+            placement = self._placement(request, request.conversation_id)
+            request = dataclasses.replace(request, message=placement.message or "")
         if trace is not None:
             trace.mark("safety")
         message = checked_message(request.message, settings.max_message_chars, settings.blocked_terms, moderators)
         if trace is not None:
             trace.mark("safety_end")
         request = dataclasses.replace(request, message=message)
-        history: list[tuple[str, str]] = []
         conversation_id = request.conversation_id
         if conversation_id is None:
             conversation_id = str(uuid.uuid4())
-        else:
-            found = self.store.history(conversation_id, request.user_id, settings.history_messages)
-            if found is None:
-                raise NotFound("No such conversation.")
-            history = found
+            placement = Placement.first_turn()
+        elif placement is None:
+            placement = self._placement(request, conversation_id)
+        history = placement.history
         model = request.model or settings.chat_model
         if trace is not None:
             trace.mark("provider")
@@ -87,13 +89,30 @@ class ChatService:
             key = reply_key(self._completion(model, first_turn))
             cached = cache.lookup(key)
             if cached is not None:
-                return self._replay(cached, request, conversation_id, model, meter, on_end)
+                return self._replay(cached, request, conversation_id, model, meter, on_end, placement)
             on_end = cache.keeper(key, on_end)
         context, upstream = self._open_upstream(model, history, message, request.request_id)
         metadata = Metadata(
             uuid.uuid4().hex, conversation_id, str(uuid.uuid4()), model, context.omitted, request.request_id
         )
-        return ChatStream(metadata, request, upstream, self.store, context.prompt_tokens, meter, on_end)
+        return ChatStream(metadata, request, upstream, self.store, context.prompt_tokens, meter, on_end, placement)
+
+    def _placement(self, request: ChatRequest, conversation_id: str) -> Placement:
+        """Where the turn goes in the conversation's tree; a message id not in the user's conversation is not found
+        (whether it exists elsewhere is not told)."""
+        try:
+            found = self.store.placement(
+                conversation_id, request.user_id, self.settings.history_messages, request.regenerate_id, request.edit_id
+            )
+        except WrongRole as wrong:
+            field = "regenerateMessageId" if request.regenerate_id else "editMessageId"
+            raise InvalidRequest(
+                f"That message cannot be {'regenerated' if request.regenerate_id else 'edited'}.",
+                {field: [f"must name a message of role {wrong.expected}"]},
+            ) from None
+        if found is None:
+            raise NotFound("No such message." if request.regenerate_id or request.edit_id else "No such conversation.")
+        return found
 
     def _replay(
         self,
@@ -103,6 +122,7 @@ class ChatService:
         model: str,
         meter: TokenMeter | None,
         on_end: Callable[[ChatStream], None] | None,
+        placement: Placement,
     ) -> ChatStream:
         """A stream of a cached reply: the same events as a provider's, ``cached`` in its metadata; saved and
         counted as any other."""
@@ -110,7 +130,7 @@ class ChatService:
             uuid.uuid4().hex, conversation_id, str(uuid.uuid4()), model, 0, request.request_id, cached=True
         )
         upstream = ReplayedUpstream(cached)
-        return ChatStream(metadata, request, upstream, self.store, cached.prompt_tokens, meter, on_end)
+        return ChatStream(metadata, request, upstream, self.store, cached.prompt_tokens, meter, on_end, placement)
 
     def _open_upstream(
         self, model: str, history: list[tuple[str, str]], message: str, request_id: str | None

@@ -17,7 +17,7 @@ from service.chat.events import Done, Error, Event, Metadata, Token, Usage
 from service.chat.reply import ReplyParts
 from service.errors import Cancelled, InternalError, ServiceError, StreamError
 from service.llm.streaming import UpstreamStream
-from service.store.conversations import ConversationStore, ExchangeRecord
+from service.store.conversations import ConversationStore, ExchangeRecord, Placement
 from service.tracing import RequestTrace
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,8 @@ class ChatRequest:
     request_id: str | None = None
     received_at: float = field(default_factory=time.monotonic)  # the clock of time to first token and duration
     trace: RequestTrace | None = None  # only when tracing is configured
+    regenerate_id: str | None = None  # a new reply beside this assistant message (``message`` is then its question)
+    edit_id: str | None = None  # ``message`` replaces this user message, as a new branch beside it
 
 
 class ChatStream:
@@ -60,8 +62,10 @@ class ChatStream:
         prompt_tokens_estimate: int,
         meter: TokenMeter | None = None,
         on_end: Callable[[ChatStream], None] | None = None,
+        placement: Placement | None = None,
     ) -> None:
         self.metadata = metadata
+        self.placement = placement  # where the exchange goes in the conversation's tree; None: after its current
         self.request = request
         self.upstream = upstream
         self.store = store
@@ -196,6 +200,7 @@ class ChatStream:
 
     def save(self, complete: bool, usage: Usage) -> None:
         seconds = time.monotonic() - self.started
+        placement = self.placement
         try:
             self.store.save_exchange(
                 ExchangeRecord(
@@ -217,6 +222,10 @@ class ChatStream:
                     tokens_per_second=self.tokens_per_second(usage.completion_tokens, seconds),
                     outcome=self.outcome,
                     cached=self.metadata.cached,
+                    parent_id=placement.parent_id if placement else None,
+                    depth=placement.depth if placement else None,
+                    user_message_id=placement.user_message_id if placement else None,
+                    regenerate=placement.regenerate if placement else False,
                 )
             )
         except Exception:

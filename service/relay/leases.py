@@ -123,5 +123,9 @@ def _save(store: ConversationStore, turn: dict[str, str], reply: str, tokens: in
             estimated=True,
             duration_ms=round((time.time() - float(turn.get("started", time.time()))) * 1000, 1),
             outcome=ServerShutdown.code,
+            parent_id=turn.get("parent_id") or None,
+            depth=int(turn["depth"]) if turn.get("depth") else None,
+            user_message_id=turn.get("user_message_id") or None,
+            regenerate=turn.get("regenerate") == "1",
         )
     )

@@ -38,8 +38,17 @@ LEASES = "chat-gateway:leases"  # stream id -> when its host's lease runs out (e
 
 def turn_of(chat: ChatStream) -> dict[str, str]:
     """What another host needs to save a stream's reply if this one dies (``service.relay.leases``)."""
-    metadata = chat.metadata
+    metadata, placement = chat.metadata, chat.placement
+    where = {}
+    if placement is not None:  # its place in the conversation's tree
+        where = {
+            "parent_id": placement.parent_id or "",
+            "depth": str(placement.depth),
+            "user_message_id": placement.user_message_id,
+            "regenerate": "1" if placement.regenerate else "0",
+        }
     return {
+        **where,
         "conversation_id": metadata.conversation_id,
         "user_id": chat.request.user_id,
         "message": chat.request.message,

@@ -102,6 +102,16 @@ export function deleteConversation(id) {
   return call(`/conversations/${encodeURIComponent(id)}`, { method: "DELETE" });
 }
 
+/** Make the branch through `messageId` current: the conversation as GET gives it. */
+export function switchBranch(id, messageId) {
+  return call(`/conversations/${encodeURIComponent(id)}/current`, { method: "PUT", body: { messageId } });
+}
+
+/** The models a turn may pick: {models: [{id, default}]}. */
+export function listModels() {
+  return call("/models");
+}
+
 /** The whole reply as one JSON body: the fallback when streaming is impossible. */
 export function chatOnce(body, signal) {
   return call("/chat", { method: "POST", body, signal });

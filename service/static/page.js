@@ -5,7 +5,12 @@
 // again from sessionStorage (place.js). Leaving or reloading the page does not cancel a reply: its
 // connection closes, and the server decides how long it keeps the stream for a client coming back.
 // Stop and switching conversation do cancel it.
-import { deleteConversation, errorCode, getConversation, listConversations, saveToken, savedToken } from "./api.js";
+//
+// The thread is the conversation's current branch (branches.js): each saved message has its controls (edit,
+// regenerate, "‹ 2 / 3 ›"), and after each turn the page reads the conversation again to learn the new messages'
+// ids and siblings. The model picker's choice goes with each turn; every reply names the model that wrote it.
+import { deleteConversation, errorCode, getConversation, listConversations, listModels, saveToken, savedToken, switchBranch } from "./api.js";
+import { ConversationTree, editInPlace, messageControls } from "./branches.js";
 import { describeError, NEEDS_NEW_CONVERSATION } from "./errors.js";
 import { conversationInUrl, forgetRunningStream, rememberRunningStream, runningStream, showConversationInUrl } from "./place.js";
 import { element, messageElement, savedMessageElement } from "./reply-view.js";
@@ -20,6 +25,25 @@ function withoutExchange(messages, messageId) {
   if (index === -1) return messages;
   const start = index > 0 && messages[index - 1].role === "user" ? index - 1 : index;
   return [...messages.slice(0, start), ...messages.slice(index + 1)];
+}
+
+/** The model picker's label and list in `container`; the options come from GET /models (loadModels). */
+function modelSelect(container) {
+  const label = element("label", "", "Model");
+  label.htmlFor = "model";
+  const picker = element("select");
+  picker.id = "model";
+  picker.name = "model";
+  container.append(label, picker);
+  return picker;
+}
+
+/** The saved messages a picked-up turn continues from: before its own (and, for a branch, before what it replaces). */
+function beforeTurn(messages, running) {
+  const own = messages.findIndex((message) => message.id === running.messageId);
+  if (own !== -1) return running.regenerateMessageId ? messages.slice(0, own) : withoutExchange(messages, running.messageId);
+  const replaced = messages.findIndex((message) => message.id === (running.regenerateMessageId || running.editMessageId));
+  return replaced === -1 ? messages : messages.slice(0, replaced);
 }
 
 class ChatPage {
@@ -43,8 +67,18 @@ class ChatPage {
       status: $("stream-status"),
       token: $("token"),
       tokenForm: $("token-form"),
+      modelPicker: $("model-picker"),
     };
+    this.el.model = modelSelect(this.el.modelPicker);
     this.turn = null;
+    this.tree = null; // the open conversation's messages, every branch (branches.js)
+    this.defaultModel = "";
+    this.wantedModel = ""; // the open branch's newest model, picked once the list is loaded
+    this.branchActions = {
+      show: (message) => this.showSibling(message),
+      edit: (message) => this.edit(message),
+      regenerate: (message) => this.regenerate(message),
+    };
     this.conversationId = null;
     this.conversationList = [];
     this.provisional = null; // the list entry of a new conversation the server has not saved yet
@@ -93,6 +127,7 @@ class ChatPage {
     window.addEventListener("popstate", () => this.followUrl());
     this.updateEmpty();
     this.loadConversations();
+    this.loadModels();
     this.followUrl();
     el.input.focus();
   }
@@ -100,6 +135,44 @@ class ChatPage {
   saveToken() {
     saveToken(this.el.token.value.trim());
     this.loadConversations();
+    this.loadModels();
+  }
+
+  /** Fill the model picker; it stays hidden when there is no choice to make. */
+  async loadModels() {
+    let models = [];
+    try {
+      models = (await listModels()).models || [];
+    } catch {
+      // without the list (no token yet), turns use the default model
+    }
+    const picker = this.el.model;
+    const chosen = this.wantedModel || picker.value;
+    this.wantedModel = "";
+    picker.replaceChildren();
+    for (const model of models) {
+      const option = element("option", "", model.default ? `${model.id} (default)` : model.id);
+      option.value = model.id;
+      picker.append(option);
+    }
+    const fallback = models.find((model) => model.default) || models[0];
+    this.defaultModel = models.some((model) => model.default) ? fallback.id : "";
+    if (models.some((model) => model.id === chosen)) picker.value = chosen;
+    else if (fallback) picker.value = fallback.id;
+    this.el.modelPicker.hidden = models.length < 2;
+  }
+
+  /** The model picked for the next turn; null for the default. */
+  pickedModel() {
+    const value = this.el.model.value;
+    return value && value !== this.defaultModel ? value : null;
+  }
+
+  /** Show the model that wrote the branch's newest reply, when the picker offers it. */
+  pickModelOf(tree) {
+    const model = tree.lastModel();
+    this.wantedModel = model; // for a list still loading
+    if (model && [...this.el.model.options].some((option) => option.value === model)) this.el.model.value = model;
   }
 
   setStatus(text) {
@@ -168,7 +241,79 @@ class ChatPage {
     this.el.input.value = "";
     if (!this.conversationId) this.el.title.textContent = conversationTitle(text);
     this.appendMessage(messageElement("user", text));
-    this.startTurn(new Turn({ message: text, conversationId: this.conversationId, hooks: this.hooks }));
+    this.startTurn(new Turn({ message: text, conversationId: this.conversationId, hooks: this.hooks, model: this.pickedModel() }));
+  }
+
+  // -- branches --------------------------------------------------------------------------------------
+
+  /** The thread's node of a saved message, and every node after it. */
+  nodesFrom(id) {
+    const nodes = [...this.el.messages.children];
+    const index = nodes.findIndex((node) => node.dataset.id === id);
+    return index === -1 ? null : nodes.slice(index);
+  }
+
+  /** A new reply beside `message` (an assistant's): its question is asked again with the history before it. */
+  regenerate(message) {
+    if (this.turn || !this.conversationId) return;
+    const question = this.tree && this.tree.byId.get(message.parentId);
+    const nodes = this.nodesFrom(message.id);
+    if (!question || !nodes) return;
+    for (const node of nodes) node.remove();
+    this.startTurn(new Turn({ message: question.content, conversationId: this.conversationId, hooks: this.hooks, regenerateMessageId: message.id, model: this.pickedModel() }));
+  }
+
+  /** Edit the user's `message` in place; sending it starts a new branch beside it. */
+  async edit(message) {
+    if (this.turn || !this.conversationId) return;
+    const nodes = this.nodesFrom(message.id);
+    if (!nodes || nodes[0].querySelector(".edit-form")) return;
+    const conversationId = this.conversationId;
+    const text = await editInPlace(nodes[0], message.content);
+    if (!text || this.turn || this.conversationId !== conversationId) return;
+    for (const node of nodes) node.remove();
+    this.appendMessage(messageElement("user", text));
+    this.startTurn(new Turn({ message: text, conversationId, hooks: this.hooks, editMessageId: message.id, model: this.pickedModel() }));
+  }
+
+  /** Move to another version of a message: its branch becomes the conversation's current one. */
+  async showSibling(message) {
+    if (this.turn || !message || !this.conversationId) return;
+    const id = this.conversationId;
+    const counter = this.loadCounter;
+    try {
+      const data = await switchBranch(id, message.id);
+      if (counter !== this.loadCounter || this.turn) return;
+      this.showTree(new ConversationTree(data));
+    } catch (error) {
+      if (counter === this.loadCounter) this.showError(describeError(errorCode(error), error));
+    }
+  }
+
+  /** Draw `tree`'s current branch; `keep` maps message ids to nodes to show instead of fresh ones. */
+  showTree(tree, keep = new Map()) {
+    this.tree = tree;
+    const near = this.nearBottom();
+    this.clearThread();
+    this.showMessages(tree.branch(), keep, false);
+    if (near) this.scrollToBottom();
+  }
+
+  /** After a turn, learn its messages' ids and siblings: the thread is redrawn from the saved conversation,
+   * keeping the finished reply's own node (its stats). Nothing changes when the save is not readable yet. */
+  async refreshBranches(turn) {
+    const id = turn.conversationId;
+    if (!id || !turn.messageId) return;
+    const counter = this.loadCounter;
+    let data;
+    try {
+      data = await getConversation(id);
+    } catch {
+      return;
+    }
+    if (counter !== this.loadCounter || this.conversationId !== id || this.turn) return;
+    const tree = new ConversationTree(data);
+    if (tree.has(turn.messageId)) this.showTree(tree, new Map([[turn.messageId, turn.view.el]]));
   }
 
   startTurn(turn) {
@@ -237,6 +382,7 @@ class ChatPage {
     this.setBusy(false);
     if (this.nearBottom()) this.scrollToBottom();
     this.loadConversations();
+    this.refreshBranches(turn);
   }
 
   /** A reply picked up after a reload whose stream no longer exists: show what was saved. */
@@ -337,6 +483,7 @@ class ChatPage {
     this.abandonTurn();
     this.loadCounter += 1;
     this.conversationId = null;
+    this.tree = null;
     if (url) showConversationInUrl(null, { push: url === "push" });
     this.el.title.textContent = UNTITLED;
     this.clearThread();
@@ -350,6 +497,7 @@ class ChatPage {
     this.abandonTurn();
     const counter = ++this.loadCounter;
     this.conversationId = id;
+    this.tree = null;
     if (url) showConversationInUrl(id, { push: url === "push" });
     this.markCurrent();
     this.clearThread();
@@ -357,9 +505,18 @@ class ChatPage {
     return () => counter === this.loadCounter;
   }
 
-  showMessages(messages) {
-    for (const message of messages) this.appendMessage(savedMessageElement(message));
-    this.scrollToBottom();
+  /** Append saved messages, each with its controls; `keep` maps ids to nodes to show instead of fresh ones. */
+  showMessages(messages, keep = new Map(), scroll = true) {
+    for (const message of messages) {
+      const node = keep.get(message.id) || savedMessageElement(message);
+      node.dataset.id = message.id;
+      if (this.tree && this.tree.has(message.id)) {
+        node.querySelector(".message-actions")?.remove();
+        node.append(messageControls(message, this.tree, this.branchActions));
+      }
+      this.appendMessage(node);
+    }
+    if (scroll) this.scrollToBottom();
   }
 
   async openConversation(id, { url = "push" } = {}) {
@@ -368,7 +525,9 @@ class ChatPage {
       const data = await getConversation(id);
       if (!current()) return;
       this.el.title.textContent = data.title || "Untitled";
-      this.showMessages(data.messages || []);
+      this.tree = new ConversationTree(data);
+      this.pickModelOf(this.tree);
+      this.showMessages(this.tree.branch());
     } catch (error) {
       if (!current()) return;
       this.el.title.textContent = "Conversation unavailable";
@@ -393,8 +552,9 @@ class ChatPage {
       this.el.title.textContent = conversationTitle(running.message);
       this.listProvisionally(id, running.message);
     }
-    this.showMessages(withoutExchange((data && data.messages) || [], running.messageId));
-    this.appendMessage(messageElement("user", running.message));
+    if (data) this.tree = new ConversationTree(data);
+    this.showMessages(beforeTurn(this.tree ? this.tree.branch() : [], running));
+    if (!running.regenerateMessageId) this.appendMessage(messageElement("user", running.message));
     this.startTurn(new Turn({ message: running.message, conversationId: id, hooks: this.hooks, resume: running }));
   }
 

@@ -42,15 +42,22 @@ function within(promise, ms) {
 }
 
 /**
+ * A turn is a plain message, or a branch: `regenerateMessageId` (a new reply beside that one; `message` is its
+ * question, shown but not sent) or `editMessageId` (`message` replaces that user message). `model`: the model
+ * picked for it, or null for the default.
+ *
  * hooks (each called with the turn first): status(turn, text), drawn(turn), buffered(turn, count),
  * conversation(turn) once its conversation id is known, started(turn) once its stream id is known,
  * finished(turn) once the reply is drawn and finalized, gone(turn) when a picked-up stream no longer
  * exists, actions(turn, code) → [{label, run}] offered under an error.
  */
 export class Turn {
-  constructor({ message, conversationId = null, hooks, resume = null }) {
+  constructor({ message, conversationId = null, hooks, resume = null, regenerateMessageId = null, editMessageId = null, model = null }) {
     this.message = message;
     this.conversationId = conversationId;
+    this.regenerateMessageId = regenerateMessageId || (resume && resume.regenerateMessageId) || null;
+    this.editMessageId = editMessageId || (resume && resume.editMessageId) || null;
+    this.requestedModel = model || (resume && resume.requestedModel) || null;
     this.hooks = hooks;
     this.controller = new AbortController();
     this.streamId = resume ? resume.streamId : null;
@@ -71,12 +78,17 @@ export class Turn {
 
   /** What a reload needs to pick this stream up where it is. */
   snapshot() {
-    const { streamId, lastEventId, messageId, model, message, received } = this;
-    return { streamId, lastEventId, messageId, model, message, text: received };
+    const { streamId, lastEventId, messageId, model, message, received, regenerateMessageId, editMessageId, requestedModel } = this;
+    return { streamId, lastEventId, messageId, model, message, text: received, regenerateMessageId, editMessageId, requestedModel };
   }
 
   body() {
-    return this.conversationId ? { message: this.message, conversationId: this.conversationId } : { message: this.message };
+    const body = this.regenerateMessageId ? {} : { message: this.message };
+    if (this.conversationId) body.conversationId = this.conversationId;
+    if (this.regenerateMessageId) body.regenerateMessageId = this.regenerateMessageId;
+    if (this.editMessageId) body.editMessageId = this.editMessageId;
+    if (this.requestedModel) body.model = this.requestedModel;
+    return body;
   }
 
   async run() {
