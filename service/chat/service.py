@@ -34,6 +34,7 @@ class ChatResult:
     model: str
     finish_reason: str
     usage: Usage
+    reasoning: str | None = None  # a reasoning model's thinking, apart from ``content``
 
 
 class ChatService:
@@ -118,4 +119,5 @@ class ChatService:
             metadata.model,
             finish_reason,
             stream.usage(),
+            stream.parts.reasoning(),
         )

@@ -58,6 +58,8 @@ class ExchangeRecord:
     duration_ms: float = 0.0
     tokens_per_second: float | None = None  # completion tokens a second after the first token
     outcome: str = "done"  # or the error code the reply ended with
+    reasoning: str | None = None  # a reasoning model's thinking, saved apart from the reply
+    reasoning_tokens: int | None = None  # of the completion tokens, those spent reasoning
 
     def usage_row(self, at: datetime) -> dict[str, Any]:
         prompt, completion = self.prompt_tokens or 0, self.completion_tokens or 0
@@ -75,6 +77,7 @@ class ExchangeRecord:
             "duration_ms": self.duration_ms,
             "tokens_per_second": None if self.tokens_per_second is None else round(self.tokens_per_second, 2),
             "outcome": self.outcome,
+            "reasoning_tokens": self.reasoning_tokens,
             "created_at": at,
         }
 
@@ -99,6 +102,7 @@ class MessageRow:
     finish_reason: str | None
     usage: TokenCounts | None
     created_at: datetime
+    reasoning: str | None = None
 
     @classmethod
     def of(cls, message: Message) -> MessageRow:
@@ -114,6 +118,7 @@ class MessageRow:
             message.finish_reason,
             usage,
             message.created_at,
+            message.reasoning,
         )
 
 
@@ -269,6 +274,7 @@ def _message_rows(record: ExchangeRecord, position: int, now: datetime) -> list[
             "position": position + 1,
             "role": "user",
             "content": record.user_message,
+            "reasoning": None,
             "status": "complete",
             "model": None,
             "finish_reason": None,
@@ -281,6 +287,7 @@ def _message_rows(record: ExchangeRecord, position: int, now: datetime) -> list[
             "position": position + 2,
             "role": "assistant",
             "content": record.reply,
+            "reasoning": record.reasoning,
             "status": record.status,
             "model": record.model,
             "finish_reason": record.finish_reason,
