@@ -22,7 +22,7 @@ reasoning deltas (``REASONING_WORDS``) in ``delta.reasoning_content`` before the
 usage's ``completion_tokens_details.reasoning_tokens``; ``#reasoning_field=reasoning`` uses ``delta.reasoning``
 instead; ``#reasoning_both`` sends the last reasoning delta and the first answer text in one chunk;
 ``#no_reasoning_usage`` leaves the reasoning count out of the usage. ``#markdown`` replies with ``MARKDOWN_REPLY``
-(repeated to ``#tokens`` tokens when that is longer).
+(repeated to ``#tokens`` tokens when that is longer); ``#hostile_markdown`` with ``HOSTILE_MARKDOWN``.
 """
 
 from __future__ import annotations
@@ -60,6 +60,15 @@ MARKDOWN_REPLY = (
     "- first item\n- second item\n\n"
     "| age | hours |\n| --- | --- |\n| newborn | 16 |\n| one year | 13 |\n\n"
     "```python\nprint('hello <b>world</b>')\n```\n\n"
+)
+# Markdown that would run script if its links, images or embedded HTML were trusted (``#hostile_markdown``).
+HOSTILE_MARKDOWN = (
+    "[click me](javascript:window.__xss=4) ![pic](x onerror=window.__xss=5) "
+    "[data](data:text/html,<script>window.__xss=6</script>)\n\n"
+    "<details open><summary>s</summary><img src=x onerror=\"window.__xss=7;console.error('xss-ran')\"></details>\n\n"
+    "```html\n<script>window.__xss=8</script>\n```\n\n"
+    '<svg onload="window.__xss=9"><script>window.__xss=10</script></svg>\n\n'
+    "*the end*"
 )
 # Text that must reach the client as it is, but for the surrogates: JSON can carry lone ones (as escapes), UTF-8
 # cannot. The 😀 pair is split across two chunks, as a provider that cuts a string between UTF-16 units would.
@@ -205,6 +214,8 @@ def _tokens(script: dict[str, str], count: int) -> list[str]:
         return list(AWKWARD_TOKENS)
     if "hostile" in script:  # cut mid-tag, as a model's tokens would be
         return [HOSTILE_REPLY[start : start + 7] for start in range(0, len(HOSTILE_REPLY), 7)]
+    if "hostile_markdown" in script:
+        return [HOSTILE_MARKDOWN[start : start + 5] for start in range(0, len(HOSTILE_MARKDOWN), 5)]
     if "markdown" in script:  # about 4 characters a token, as a model's would be
         text = MARKDOWN_REPLY * max(1, -(-count * 4 // len(MARKDOWN_REPLY)))
         pieces = [text[start : start + 4] for start in range(0, len(text), 4)]

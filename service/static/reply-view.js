@@ -5,7 +5,7 @@
 // A reply is Markdown (markdown.js: sanitised, raw HTML shown as text), rendered again whole at each draw, so
 // at most once a FLUSH_INTERVAL_MS however fast tokens come. A reasoning model's thinking streams as plain text
 // into a collapsed "Thinking" block above the answer.
-import { renderMarkdown } from "./markdown.js";
+import { MarkdownView, renderMarkdown } from "./markdown.js";
 
 export const FLUSH_INTERVAL_MS = 50;
 
@@ -33,9 +33,10 @@ export function messageElement(role, text) {
 /** The reply's text as Markdown, timing each render (`renderStats`: what the 50 ms display interval allows). */
 export const renderStats = { count: 0, totalMs: 0, maxMs: 0, maxChars: 0 };
 
-function renderInto(node, text) {
+/** Run `render` (one Markdown render of `text`), counting it in `renderStats`. */
+function timed(text, render) {
   const started = performance.now();
-  node.replaceChildren(renderMarkdown(text));
+  render();
   const took = performance.now() - started;
   renderStats.count += 1;
   renderStats.totalMs += took;
@@ -45,7 +46,7 @@ function renderInto(node, text) {
 
 function markdownElement(text) {
   const node = element("div", "text markdown");
-  if (text) renderInto(node, text);
+  if (text) timed(text, () => node.replaceChildren(renderMarkdown(text)));
   return node;
 }
 
@@ -99,6 +100,7 @@ export class ReplyView {
     const body = element("div", "body");
     this.body = body;
     this.textEl = element("div", "text markdown");
+    this.markdown = new MarkdownView(this.textEl);
     this.source = ""; // the reply's Markdown drawn so far
     this.thinkingBlock = null; // {details, node}, once reasoning comes
     this.reasoningBuffer = "";
@@ -141,6 +143,11 @@ export class ReplyView {
     return this.thinkingBlock.node;
   }
 
+  render() {
+    const source = this.source;
+    timed(source, () => this.markdown.render(source));
+  }
+
   schedule() {
     if (this.timer !== null) return;
     const wait = Math.max(0, this.lastDraw + FLUSH_INTERVAL_MS - performance.now());
@@ -156,7 +163,7 @@ export class ReplyView {
       if (this.reasoningBuffer) this.thinkingNode().appendData(this.reasoningBuffer);
       if (this.buffer) {
         this.source += this.buffer;
-        renderInto(this.textEl, this.source);
+        this.render();
       }
       this.buffer = "";
       this.reasoningBuffer = "";
@@ -193,7 +200,7 @@ export class ReplyView {
     this.source = text;
     if (this.reasoningBuffer) this.thinkingNode().appendData(this.reasoningBuffer);
     this.reasoningBuffer = "";
-    renderInto(this.textEl, text);
+    this.render();
     this.lastDraw = performance.now();
     if (text) this.thinking.hidden = true;
     this.onDraw();
