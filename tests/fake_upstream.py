@@ -156,6 +156,8 @@ ODD_CHUNKS: list[Any] = [
     {"choices": [1]},
     {"usage": 5, "choices": []},
     {"choices": [{"delta": "not an object"}]},
+    {"choices": [{"delta": {"reasoning_content": ["a list", "not text"]}}]},
+    {"choices": [{"delta": {"reasoning": 7, "content": None}}]},
     [1, 2, 3],
 ]
 _DIRECTIVE = re.compile(r"#(\w+)(?:=([\w.]+))?")
