@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tests.conftest import ServerFactory
 from tests.fake_upstream import REASONING_WORDS
 from tests.servers import GunicornServer
 from tests.test_browser import (  # noqa: F401 - browser and page are the fixtures these tests use
@@ -125,3 +126,20 @@ def test_reasoning_streams_into_a_collapsed_thinking_block(page: Page, server: G
     expect(saved.locator("details.reasoning .reasoning-text")).to_have_text(thought)
     assert saved.locator("details.reasoning").get_attribute("open") is None
     expect(saved.locator(".text")).to_have_text(reply_for(5))
+
+
+def test_a_reload_mid_thinking_picks_up_the_thinking_and_the_answer(
+    page: Page,  # noqa: F811
+    server_factory: ServerFactory,
+) -> None:
+    """The reloaded page resumes from its last event: the thinking it had plus what followed, then the answer."""
+    graced = server_factory(RESUME_GRACE_SECONDS="10")
+    open_chat(page, graced)
+    send(page, f"{marker('reload-thinking')} #reasoning=12 #tokens=4 #delay=0.08")
+    expect(page.locator("#reply details.reasoning .reasoning-text")).to_contain_text("Let me think")
+    page.reload()
+    wait_finished(page)
+    reply = last_reply(page)
+    thought = " ".join(REASONING_WORDS[:12])
+    expect(reply.locator("details.reasoning .reasoning-text")).to_have_text(thought)
+    expect(reply.locator(".text")).to_have_text(reply_for(4))
