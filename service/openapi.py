@@ -22,7 +22,7 @@ _ERRORS = {
     "503": "upstream_unavailable, database_unavailable or shared_state_unavailable (see Retry-After)",
 }
 _EVENT_STREAM = {
-    "description": "Server-Sent Events: metadata, token…, then one done or error (docs/protocol.md). "
+    "description": "Server-Sent Events: metadata, reasoning… and token…, then one done or error (docs/protocol.md). "
     "Each event has `id: <streamId>:<n>`; `: ping` comments keep quiet streams open.",
     # OpenAPI 3.0 has a text/event-stream schema describe each event (its fields after SSE parsing).
     "content": {"text/event-stream": {"schema": {"$ref": "#/components/schemas/StreamEvent"}}},
@@ -43,6 +43,12 @@ _EVENT_DATA: dict[str, dict[str, Any]] = {
         },
     },
     "TokenEvent": {"required": ["type", "content"], "properties": {"content": {"type": "string"}}},
+    "ReasoningEvent": {
+        "required": ["type", "content"],
+        "properties": {
+            "content": {"type": "string", "description": "A piece of the model's reasoning, apart from the answer."}
+        },
+    },
     "DoneEvent": {
         "required": ["type", "finishReason", "usage", "tokensPerSecond"],
         "properties": {
@@ -52,6 +58,7 @@ _EVENT_DATA: dict[str, dict[str, Any]] = {
                 "required": list(_USAGE_FIELDS),
                 "properties": {
                     **{name: {"type": "integer", "minimum": 0} for name in _USAGE_FIELDS},
+                    "reasoningTokens": {"type": "integer", "minimum": 1},
                     "estimated": {"type": "boolean"},
                 },
             },

@@ -88,19 +88,39 @@ class UsageSchema(Schema):
     prompt_tokens = fields.Integer(data_key="promptTokens")
     completion_tokens = fields.Integer(data_key="completionTokens")
     total_tokens = fields.Integer(data_key="totalTokens")
+    reasoning_tokens = fields.Integer(
+        data_key="reasoningTokens",
+        metadata={"description": "Of the completion tokens, those the model spent reasoning; present when > 0."},
+    )
     estimated = fields.Boolean(metadata={"description": "Present (true) only when the provider sent no usage."})
 
     @post_dump
     def _only_when_estimated(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
         if not data.get("estimated"):
             data.pop("estimated", None)
+        if not data.get("reasoningTokens"):
+            data.pop("reasoningTokens", None)
         return data
 
 
-class ChatResponseSchema(Schema):
+class _ReasoningWhenPresent(Schema):
+    """A reply's ``reasoning`` is left out when the model did not reason."""
+
+    @post_dump
+    def _only_with_reasoning(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        if data.get("reasoning") is None:
+            data.pop("reasoning", None)
+        return data
+
+
+_REASONING = {"description": "The model's reasoning (its thinking before the answer), apart from the answer."}
+
+
+class ChatResponseSchema(_ReasoningWhenPresent):
     conversation_id = fields.String(data_key="conversationId")
     message_id = fields.String(data_key="messageId")
     content = fields.String()
+    reasoning = fields.String(metadata=_REASONING)
     model = fields.String()
     finish_reason = fields.String(data_key="finishReason")
     usage = fields.Nested(UsageSchema)
@@ -119,7 +139,7 @@ class ErrorSchema(Schema):
     error = fields.Nested(ErrorBodySchema, required=True)
 
 
-class MessageSchema(Schema):
+class MessageSchema(_ReasoningWhenPresent):
     id = fields.String()
     parent_id = fields.String(
         allow_none=True, data_key="parentId", metadata={"description": "The message it follows; null: the first."}
@@ -127,6 +147,7 @@ class MessageSchema(Schema):
     current = fields.Boolean(metadata={"description": "On the conversation's current branch."})
     role = fields.String(validate=validate.OneOf(["user", "assistant"]))
     content = fields.String()
+    reasoning = fields.String(metadata=_REASONING)
     status = fields.String(validate=validate.OneOf(["complete", "incomplete"]))
     model = fields.String(allow_none=True)
     finish_reason = fields.String(allow_none=True, data_key="finishReason")

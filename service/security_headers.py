@@ -1,7 +1,7 @@
 """Response headers that make the browser treat every answer as what it is and the page as locked down.
 
 The page (``service/static/``) has no inline script or style and talks only to its own origin, so its policy can
-forbid everything else: injected markup that ever slipped past the page's text-only rendering could neither run
+forbid everything else: injected markup that ever slipped past the page's sanitised rendering could neither run
 script nor load anything, and no other site may frame the page.
 """
 

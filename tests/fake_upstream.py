@@ -17,7 +17,12 @@ first token BYTES long; ``#one_byte`` make every token one character; ``#linger=
 after ``data: [DONE]`` before ending it; ``#gzip`` compress the stream (``Content-Encoding: gzip``, flushed event
 by event, as a compressing proxy sends it). It records every request (with the time it came) and when each
 connection closed, as the upstream saw it. ``#awkward_text`` replies with ``AWKWARD_TOKENS`` (line ends, NUL,
-SSE syntax, lone surrogates).
+SSE syntax, lone surrogates). Reasoning, as vLLM, llama.cpp and DeepSeek stream it: ``#reasoning=N`` sends N
+reasoning deltas (``REASONING_WORDS``) in ``delta.reasoning_content`` before the answer, and counts them in the
+usage's ``completion_tokens_details.reasoning_tokens``; ``#reasoning_field=reasoning`` uses ``delta.reasoning``
+instead; ``#reasoning_both`` sends the last reasoning delta and the first answer text in one chunk;
+``#no_reasoning_usage`` leaves the reasoning count out of the usage. ``#markdown`` replies with ``MARKDOWN_REPLY``
+(repeated to ``#tokens`` tokens when that is longer); ``#hostile_markdown`` with ``HOSTILE_MARKDOWN``.
 """
 
 from __future__ import annotations
@@ -46,6 +51,24 @@ HOSTILE_REPLY = (
     '<a href="javascript:window.__xss=3">click</a> <b>bold</b> &amp; <iframe src="about:blank"></iframe>'
     '\n\nevent: error\ndata: {"type":"done"}\n\n'  # and would end the stream early if framed raw
     "the end"
+)
+REASONING_WORDS = "Let me think . The user asks about sleep , so I should be brief .".split()
+# Markdown as a model writes it: a heading, a list, a table, a fenced code block, inline code, emphasis and a link.
+MARKDOWN_REPLY = (
+    "## Sleep plan\n\n"
+    "Here is **a plan** with `inline code` and a [link](https://example.com/sleep).\n\n"
+    "- first item\n- second item\n\n"
+    "| age | hours |\n| --- | --- |\n| newborn | 16 |\n| one year | 13 |\n\n"
+    "```python\nprint('hello <b>world</b>')\n```\n\n"
+)
+# Markdown that would run script if its links, images or embedded HTML were trusted (``#hostile_markdown``).
+HOSTILE_MARKDOWN = (
+    "[click me](javascript:window.__xss=4) ![pic](x onerror=window.__xss=5) "
+    "[data](data:text/html,<script>window.__xss=6</script>)\n\n"
+    "<details open><summary>s</summary><img src=x onerror=\"window.__xss=7;console.error('xss-ran')\"></details>\n\n"
+    "```html\n<script>window.__xss=8</script>\n```\n\n"
+    '<svg onload="window.__xss=9"><script>window.__xss=10</script></svg>\n\n'
+    "*the end*"
 )
 # Text that must reach the client as it is, but for the surrogates: JSON can carry lone ones (as escapes), UTF-8
 # cannot. The 😀 pair is split across two chunks, as a provider that cuts a string between UTF-16 units would.
@@ -133,6 +156,8 @@ ODD_CHUNKS: list[Any] = [
     {"choices": [1]},
     {"usage": 5, "choices": []},
     {"choices": [{"delta": "not an object"}]},
+    {"choices": [{"delta": {"reasoning_content": ["a list", "not text"]}}]},
+    {"choices": [{"delta": {"reasoning": 7, "content": None}}]},
     [1, 2, 3],
 ]
 _DIRECTIVE = re.compile(r"#(\w+)(?:=([\w.]+))?")
@@ -165,10 +190,15 @@ def directives(message: str) -> dict[str, str]:
     return {name: value or "1" for name, value in _DIRECTIVE.findall(message)}
 
 
-def _chunk(content: str | None = None, finish: str | None = None, role: bool = False) -> dict[str, Any]:
+def _chunk(
+    content: str | None = None, finish: str | None = None, role: bool = False, reasoning: tuple[str, str] | None = None
+) -> dict[str, Any]:
+    """One chunk; ``reasoning`` is (field name, text) of a reasoning delta."""
     delta: dict[str, Any] = {}
     if role:
         delta["role"] = "assistant"
+    if reasoning is not None:
+        delta[reasoning[0]] = reasoning[1]
     if content is not None:
         delta["content"] = content
     return {
@@ -186,6 +216,12 @@ def _tokens(script: dict[str, str], count: int) -> list[str]:
         return list(AWKWARD_TOKENS)
     if "hostile" in script:  # cut mid-tag, as a model's tokens would be
         return [HOSTILE_REPLY[start : start + 7] for start in range(0, len(HOSTILE_REPLY), 7)]
+    if "hostile_markdown" in script:
+        return [HOSTILE_MARKDOWN[start : start + 5] for start in range(0, len(HOSTILE_MARKDOWN), 5)]
+    if "markdown" in script:  # about 4 characters a token, as a model's would be
+        text = MARKDOWN_REPLY * max(1, -(-count * 4 // len(MARKDOWN_REPLY)))
+        pieces = [text[start : start + 4] for start in range(0, len(text), 4)]
+        return pieces[: max(count, -(-len(MARKDOWN_REPLY) // 4))]
     if "one_byte" in script:
         tokens = ["ab"[index % 2] for index in range(count)]
     else:
@@ -285,6 +321,22 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile = socket_writer
             socket_writer.write(reply.getvalue())
 
+    def _reason(self, script: dict[str, str], tokens: list[str], delay: float) -> int | None:
+        """With ``#reasoning=N``: N reasoning deltas (the last with the first answer text, ``#reasoning_both``);
+        how many were sent, or None if the client hung up."""
+        count = int(script.get("reasoning", 0))
+        field_name = script.get("reasoning_field", "reasoning_content")
+        words = REASONING_WORDS * (count // len(REASONING_WORDS) + 1)
+        for index in range(count):
+            if index and delay and not self._wait(delay):
+                return None
+            thought = words[index] if index == 0 else " " + words[index]
+            both = index == count - 1 and "reasoning_both" in script and tokens
+            self._send(_chunk(content=tokens[0] if both else None, reasoning=(field_name, thought)))
+        if count and delay and not self._wait(delay):
+            return None
+        return count
+
     def _sized(self, tokens: list[str]) -> None:
         """The whole reply as one body with a Content-Length, as some servers and proxies send it."""
         events = [_chunk(role=True, content=""), *(_chunk(content=token) for token in tokens), _chunk(finish="stop")]
@@ -334,6 +386,13 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(_chunk(role=True, content=""))
             if not self._wait(float(script.get("first_delay", 0))):
                 return
+            thoughts = self._reason(script, tokens, delay)
+            if thoughts is None:
+                return
+            if "reasoning_both" in script and tokens:
+                connection.tokens_sent += 1
+                connection.sent_at.append(time.monotonic())
+                tokens = tokens[1:]
             for index, token in enumerate(tokens):
                 if index and delay and not self._wait(delay):
                     return
@@ -368,17 +427,15 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 self._send(_chunk(finish="length" if "length" in script else "stop"))
             if "no_usage" not in script:
-                self._send(
-                    {
-                        **_chunk(),
-                        "choices": [],
-                        "usage": {
-                            "prompt_tokens": 12,
-                            "completion_tokens": connection.tokens_sent,
-                            "total_tokens": 12 + connection.tokens_sent,
-                        },
-                    }
-                )
+                completion = connection.tokens_sent + thoughts
+                usage: dict[str, Any] = {
+                    "prompt_tokens": 12,
+                    "completion_tokens": completion,
+                    "total_tokens": 12 + completion,
+                }
+                if thoughts and "no_reasoning_usage" not in script:
+                    usage["completion_tokens_details"] = {"reasoning_tokens": thoughts}
+                self._send({**_chunk(), "choices": [], "usage": usage})
             self._send(b"[DONE]")
             if self.compressor is not None:
                 ending = self.compressor.flush()

@@ -1,6 +1,6 @@
-"""The chat page shows what the model writes as text, never as HTML, and runs under its Content-Security-Policy
-without a single violation: headless Chromium against real gunicorn and a scripted upstream that replies with
-markup and script (``#hostile``)."""
+"""The chat page never runs what the model writes: its raw HTML shows as text, its Markdown becomes only sanitised
+elements, and the page runs under its Content-Security-Policy without a single violation: headless Chromium against
+real gunicorn and a scripted upstream that replies with markup and script (``#hostile``, ``#hostile_markdown``)."""
 
 from __future__ import annotations
 
@@ -24,6 +24,12 @@ document.addEventListener("securitypolicyviolation", (event) =>
   window.__violations.push(`${event.violatedDirective} ${event.blockedURI}`));
 """
 ELEMENTS_FROM_TEXT = "#messages img, #messages script, #messages iframe, #messages a, #messages b, #conversations img"
+# The reply is Markdown: its paragraphs (blank-line separated), the raw HTML in them as text, ``&amp;`` an entity.
+HOSTILE_PARAGRAPHS = [part.replace("&amp;", "&") for part in HOSTILE_REPLY.split("\n\n") if part]
+ELEMENTS_FROM_MARKDOWN = (
+    "#messages img, #messages script, #messages iframe, #messages svg, #messages details, #messages [onerror], "
+    "#messages [onload], #messages a[href^='javascript'], #messages a[href^='data']"
+)
 
 
 @pytest.fixture(scope="module")
@@ -72,14 +78,15 @@ def test_markup_in_a_streamed_reply_shows_as_text_and_runs_nothing(
     send(page, question)
     wait_finished(page)
 
-    expect(last_reply(page).locator(".text")).to_have_text(HOSTILE_REPLY)
-    assert shown_messages(page) == [("user", question), ("assistant", HOSTILE_REPLY)]
+    expect(last_reply(page).locator(".text p")).to_have_text(HOSTILE_PARAGRAPHS)
+    assert shown_messages(page)[0] == ("user", question)
     assert_nothing_ran(page, console)
 
     # The saved conversation, drawn again from the API after a reload (title, history): text too.
     page.reload()
     expect(page.locator("#messages .message")).to_have_count(2)
-    assert shown_messages(page) == [("user", question), ("assistant", HOSTILE_REPLY)]
+    assert shown_messages(page)[0] == ("user", question)
+    expect(last_reply(page).locator(".text p")).to_have_text(HOSTILE_PARAGRAPHS)
     expect(page.locator("#conversations .title").first).to_contain_text("<img src=y")
     assert_nothing_ran(page, console)
 
@@ -95,5 +102,30 @@ def test_the_page_works_under_its_policy_with_no_violation(
     send(page, f"{marker('csp')} hello #tokens=5")
     wait_finished(page)
     expect(last_reply(page).locator(".text")).to_have_text("Baby sleep patterns change a")
+    assert page.evaluate("window.__violations") == []
+    assert not [line for line in console if line.startswith(("error", "warning"))], console
+
+
+def test_hostile_markdown_becomes_only_harmless_elements(
+    watched: tuple[Page, list[str]], server: GunicornServer
+) -> None:
+    """Links to ``javascript:`` or ``data:``, an image with a handler, HTML blocks and SVG: nothing runs, nothing
+    of it becomes an element but inert links and text; a code block shows its script as text."""
+    page, console = watched
+    open_chat(page, server)
+    send(page, f"{marker('xss-md')} #hostile_markdown #delay=0.01")
+    wait_finished(page)
+    reply = last_reply(page)
+    expect(reply.locator(".text em")).to_have_text("the end")  # the Markdown was rendered
+    expect(reply.locator(".text pre code")).to_have_text("<script>window.__xss=8</script>\n")
+    assert page.locator(ELEMENTS_FROM_MARKDOWN).count() == 0, "markup from the reply became live elements"
+    links = reply.locator(".text a").evaluate_all(
+        "(links) => links.map((a) => [a.textContent, a.getAttribute('href')])"
+    )
+    assert ["click me", None] in links, links  # the Markdown link is kept, its script URL is not
+    assert all(href is None or href.startswith("x") for _, href in links), links
+    expect(reply.locator(".text")).to_contain_text("<img src=x onerror=")  # embedded HTML shows as text
+    assert page.evaluate("window.__xss") is None, "markup from the reply ran script"
+    assert not [line for line in console if "xss-ran" in line]
     assert page.evaluate("window.__violations") == []
     assert not [line for line in console if line.startswith(("error", "warning"))], console

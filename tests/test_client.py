@@ -26,6 +26,7 @@ from service.client import (
     NotFound,
     PayloadTooLarge,
     RateLimited,
+    Reasoning,
     StreamError,
     Token,
     Unauthorized,
@@ -161,6 +162,17 @@ def test_chat_returns_the_whole_reply(chat: ChatClient) -> None:
     assert uuid.UUID(result.conversation_id) and result.message_id
 
 
+def test_reasoning_comes_as_its_own_events_and_in_the_whole_reply(chat: ChatClient) -> None:
+    events = list(chat.stream("think aloud #reasoning=2 #tokens=2"))
+    assert [type(event) for event in events] == [Metadata, Reasoning, Reasoning, Token, Token, Done]
+    assert [event.content for event in events if isinstance(event, Reasoning)] == ["Let", " me"]
+    done = events[-1]
+    assert isinstance(done, Done) and (done.usage.completion_tokens, done.usage.reasoning_tokens) == (4, 2)
+    result = chat.chat("think aloud at once #reasoning=3 #tokens=2")
+    assert (result.content, result.reasoning, result.usage.reasoning_tokens) == ("Baby sleep", "Let me think", 3)
+    assert chat.chat("no thoughts #tokens=1").reasoning is None
+
+
 def test_continuing_a_conversation_and_the_conversation_helpers(chat: ChatClient) -> None:
     first, *_ = list(chat.stream("first turn #tokens=2"))  # read to its end: the turn is saved before ``done``
     assert isinstance(first, Metadata)
@@ -256,7 +268,7 @@ def test_error_event_is_yielded_and_ends_the_stream(chat: ChatClient) -> None:
 
 
 def test_unknown_event_types_are_ignored() -> None:
-    assert parse_event({"type": "reasoning", "content": "hm"}) is None
+    assert parse_event({"type": "a_future_kind", "content": "hm"}) is None
     assert parse_event({"type": "token", "content": "a", "extra": 1}) == Token("a")
 
 
@@ -309,6 +321,17 @@ def test_falls_back_to_chat_when_the_stream_cannot_start(server: GunicornServer)
     assert isinstance(metadata, Metadata) and metadata.stream_id == "" and uuid.UUID(metadata.conversation_id)
     assert token == Token("Baby sleep patterns change")
     assert isinstance(done, Done) and (done.finish_reason, done.usage.completion_tokens) == ("stop", 4)
+
+
+def test_the_fallback_passes_reasoning_on(server: GunicornServer) -> None:
+    proxy = Proxy(server.port, refuse_stream=True)
+    try:
+        with ChatClient(proxy.url, backoff=0.05) as client:
+            events = list(client.stream("fallback thinking #reasoning=2 #tokens=2"))
+    finally:
+        proxy.close()
+    assert [type(event) for event in events] == [Metadata, Reasoning, Token, Done]
+    assert events[1] == Reasoning("Let me") and events[2] == Token("Baby sleep")
 
 
 def test_unreachable_service_raises_connection_failed() -> None:

@@ -20,13 +20,14 @@ from tests.test_multi_host import POSTGRES_URL, REDIS_URL
 STREAM = "/api/v1/ai/chat/stream"
 
 
-def mirrored_text(client: redis.Redis, stream_id: str) -> str:
-    """The reply as the mirror holds it: every token event of every mirrored batch."""
+def mirrored_text(client: redis.Redis, stream_id: str, kind: str = "token") -> str:
+    """The reply (or with ``kind="reasoning"`` its reasoning) as the mirror holds it: every such event of every
+    mirrored batch."""
     texts = []
     for _, fields in client.xrange(PREFIX + stream_id):
         for data in re.findall(rb"data: (.*)\n", fields.get(b"data", b"")):
             event = json.loads(data)
-            if event["type"] == "token":
+            if event["type"] == kind:
                 texts.append(event["content"])
     return "".join(texts)
 
@@ -39,7 +40,9 @@ def test_a_killed_hosts_stream_is_saved_from_the_mirror_and_ended(server_factory
     seen = ""
     with httpx.Client(timeout=30) as client:
         response = client.send(
-            client.build_request("POST", doomed.url + STREAM, json={"message": f"{marker} #tokens=200 #delay=0.05"}),
+            client.build_request(
+                "POST", doomed.url + STREAM, json={"message": f"{marker} #reasoning=5 #tokens=200 #delay=0.05"}
+            ),
             stream=True,
         )
         lines = response.iter_lines()
@@ -70,6 +73,7 @@ def test_a_killed_hosts_stream_is_saved_from_the_mirror_and_ended(server_factory
     assert [message["role"] for message in saved] == ["user", "assistant"]  # saved once
     assert saved[1]["status"] == "incomplete"
     assert saved[1]["content"] == mirrored_text(mirror, stream_id)  # every token the mirror had
+    assert saved[1]["reasoning"] == mirrored_text(mirror, stream_id, "reasoning") == "Let me think . The"
     kept = saved[1]["content"]
     assert kept.startswith(seen) or seen.startswith(kept)
     assert len(seen.split()) - len(kept.split()) <= 3  # at most the last ~0.1 s (one mirror flush) is lost

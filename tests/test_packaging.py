@@ -27,3 +27,4 @@ def test_the_client_is_importable_anywhere_once_installed(tmp_path: Path) -> Non
     assert Path(path).is_relative_to(target)  # the installed copy, not the checkout
     assert name == "ChatClient"
     assert (target / "service" / "static" / "index.html").is_file()
+    assert (target / "service" / "static" / "vendor" / "purify.es.js").is_file()  # the page's vendored libraries

@@ -90,8 +90,11 @@ class ReplyCache:
         return found
 
     def keep(self, key: str, chat: ChatStream) -> None:
-        """Store ``chat``'s reply if it ended complete: finish reason ``stop``, no error, at least one token."""
+        """Store ``chat``'s reply if it ended complete: finish reason ``stop``, no error, at least one token, and no
+        reasoning (an entry holds answer text only)."""
         if chat.outcome != "done" or chat.upstream.finish_reason != "stop" or not len(chat.parts):
+            return
+        if chat.parts.reasoning() is not None:
             return
         usage, parts = chat.usage(), chat.parts
         tokens = tuple(parts[index] for index in range(len(parts)))

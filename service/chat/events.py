@@ -14,6 +14,7 @@ class Usage:
     prompt_tokens: int
     completion_tokens: int
     estimated: bool = False
+    reasoning_tokens: int = 0  # of the completion tokens, how many the model spent reasoning
 
     @property
     def total_tokens(self) -> int:
@@ -25,6 +26,8 @@ class Usage:
             "completionTokens": self.completion_tokens,
             "totalTokens": self.total_tokens,
         }
+        if self.reasoning_tokens:
+            body["reasoningTokens"] = self.reasoning_tokens
         if self.estimated:
             body["estimated"] = True
         return body
@@ -66,6 +69,16 @@ class Token:
 
 
 @dataclass(frozen=True, slots=True)
+class Reasoning:
+    """A piece of the model's reasoning, shown apart from the answer (numbered in the same sequence as tokens)."""
+
+    content: str
+
+    def payload(self) -> dict[str, Any]:
+        return {"type": "reasoning", "content": self.content}
+
+
+@dataclass(frozen=True, slots=True)
 class Done:
     finish_reason: str
     usage: Usage
@@ -93,4 +106,4 @@ class Error:
         }
 
 
-Event = Metadata | Token | Done | Error
+Event = Metadata | Token | Reasoning | Done | Error

@@ -36,6 +36,7 @@ class ChatResult:
     finish_reason: str
     usage: Usage
     cached: bool = False  # answered from the response cache
+    reasoning: str | None = None  # a reasoning model's thinking, apart from ``content``
 
 
 class ChatService:
@@ -175,4 +176,5 @@ class ChatService:
             finish_reason,
             stream.usage(),
             metadata.cached,
+            stream.parts.reasoning(),
         )

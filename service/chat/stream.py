@@ -13,10 +13,10 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from service.chat.events import Done, Error, Event, Metadata, Token, Usage
+from service.chat.events import Done, Error, Event, Metadata, Reasoning, Token, Usage
 from service.chat.reply import ReplyParts
 from service.errors import Cancelled, InternalError, ServiceError, StreamError
-from service.llm.streaming import UpstreamStream
+from service.llm.streaming import ReasoningText, UpstreamStream
 from service.store.conversations import ConversationStore, ExchangeRecord, Placement
 from service.tracing import RequestTrace
 
@@ -97,8 +97,12 @@ class ChatStream:
                             self.first_token_at = time.monotonic()
                         if self.meter is not None:
                             self.meter.add(len(texts))  # before the batch is shown, so saved == seen
-                        self.parts.extend(texts)
-                        batch += [Token(text) for text in texts]
+                        if self.upstream.reasoning_deltas:  # a reasoning model's reply: look at each piece
+                            self.parts.extend_mixed(texts)
+                            batch += [_event(text) for text in texts]
+                        else:
+                            self.parts.extend(texts)
+                            batch += [Token(text) for text in texts]
                     yield batch
                     batch, texts = [], None  # neither is kept alive while the stream waits for the model
                     if self._stop is not None:
@@ -194,9 +198,15 @@ class ChatStream:
         return self.upstream.deltas
 
     def usage(self) -> Usage:
-        if self.upstream.usage is not None:
-            return Usage(*self.upstream.usage)
-        return Usage(self.prompt_tokens_estimate, self.upstream.deltas, estimated=True)
+        """The provider's usage, else the service's count; reasoning tokens are the provider's count when it sent
+        one, else the reasoning pieces relayed (part of the completion tokens either way)."""
+        upstream = self.upstream
+        reasoning = upstream.reasoning_tokens
+        if reasoning is None:
+            reasoning = upstream.reasoning_deltas
+        if upstream.usage is not None:
+            return Usage(*upstream.usage, reasoning_tokens=reasoning)
+        return Usage(self.prompt_tokens_estimate, upstream.deltas, estimated=True, reasoning_tokens=reasoning)
 
     def save(self, complete: bool, usage: Usage) -> None:
         seconds = time.monotonic() - self.started
@@ -208,6 +218,8 @@ class ChatStream:
                     user_id=self.request.user_id,
                     user_message=self.request.message,
                     reply=self.parts.text(),
+                    reasoning=self.parts.reasoning(),
+                    reasoning_tokens=usage.reasoning_tokens or None,
                     reply_id=self.metadata.message_id,
                     status="complete" if complete else "incomplete",
                     model=self.metadata.model,
@@ -230,3 +242,7 @@ class ChatStream:
             )
         except Exception:
             log.exception("could not save conversation %s", self.metadata.conversation_id)
+
+
+def _event(text: str) -> Token | Reasoning:
+    return Reasoning(text) if text.__class__ is ReasoningText else Token(text)

@@ -21,7 +21,17 @@ from service.client.errors import (
     ValidationFailed,
     error_from,
 )
-from service.client.events import ChatResult, Done, Event, Metadata, StreamError, Token, Usage, parse_event
+from service.client.events import (
+    ChatResult,
+    Done,
+    Event,
+    Metadata,
+    Reasoning,
+    StreamError,
+    Token,
+    Usage,
+    parse_event,
+)
 from service.client.session import ChatClient
 
 __all__ = [
@@ -37,6 +47,7 @@ __all__ = [
     "NotFound",
     "PayloadTooLarge",
     "RateLimited",
+    "Reasoning",
     "StreamError",
     "Token",
     "Unauthorized",

@@ -19,6 +19,7 @@ class Usage:
     completion_tokens: int
     total_tokens: int
     estimated: bool = False
+    reasoning_tokens: int = 0  # of the completion tokens, those the model spent reasoning
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,13 @@ class Token(_Wire):
 
 
 @dataclass(frozen=True)
+class Reasoning(_Wire):
+    """A piece of the model's reasoning (its thinking before the answer), apart from the answer's tokens."""
+
+    content: str
+
+
+@dataclass(frozen=True)
 class Done(_Wire):
     finish_reason: str
     usage: Usage
@@ -51,7 +59,7 @@ class StreamError(_Wire):
     retryable: bool
 
 
-Event = Metadata | Token | Done | StreamError
+Event = Metadata | Token | Reasoning | Done | StreamError
 
 
 @dataclass(frozen=True)
@@ -63,12 +71,14 @@ class ChatResult(_Wire):
     finish_reason: str
     usage: Usage
     cached: bool = False  # the reply came from the service's response cache, with no call to the model
+    reasoning: str | None = None  # the model's reasoning, when it sent some
 
 
 def usage_of(raw: Any) -> Usage:
     raw = raw if isinstance(raw, dict) else {}
     prompt, completion = int(raw.get("promptTokens", 0)), int(raw.get("completionTokens", 0))
-    return Usage(prompt, completion, int(raw.get("totalTokens", prompt + completion)), bool(raw.get("estimated")))
+    total, reasoning = int(raw.get("totalTokens", prompt + completion)), int(raw.get("reasoningTokens", 0))
+    return Usage(prompt, completion, total, bool(raw.get("estimated")), reasoning)
 
 
 def parse_event(data: dict[str, Any]) -> Event | None:
@@ -84,6 +94,8 @@ def parse_event(data: dict[str, Any]) -> Event | None:
         return Metadata(stream_id, conversation_id, message_id, model, omitted_turns, request_id, cached, raw=data)
     if kind == "token":
         return Token(str(data.get("content", "")), raw=data)
+    if kind == "reasoning":
+        return Reasoning(str(data.get("content", "")), raw=data)
     if kind == "done":
         return Done(str(data.get("finishReason")), usage_of(data.get("usage")), data.get("tokensPerSecond"), raw=data)
     if kind == "error":

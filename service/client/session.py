@@ -78,8 +78,10 @@ class ChatClient:
         timeout = httpx.Timeout(self.timeout, read=max(self.timeout, CHAT_READ_TIMEOUT))
         raw = self._request("POST", "/chat", retries, json=body, timeout=timeout).json()
         conversation_id, message_id, content, model, finish = (str(raw.get(key, "")) for key in RESULT_KEYS)
+        reasoning = raw.get("reasoning")
+        reasoning = reasoning if isinstance(reasoning, str) else None
         usage, cached = usage_of(raw.get("usage")), raw.get("cached") is True
-        return ChatResult(conversation_id, message_id, content, model, finish, usage, cached, raw=raw)
+        return ChatResult(conversation_id, message_id, content, model, finish, usage, cached, reasoning, raw=raw)
 
     def conversations(self) -> list[dict[str, Any]]:
         return list(self._request("GET", "/conversations").json()["conversations"])
@@ -159,6 +161,7 @@ class ChatClient:
         raw = self._chat(body, retries=0).raw
         wire: list[dict[str, Any]] = [
             {"type": "metadata", "streamId": "", **{key: raw.get(key, "") for key in METADATA_KEYS[1:]}},
+            *([{"type": "reasoning", "content": raw["reasoning"]}] if raw.get("reasoning") else []),
             {"type": "token", "content": raw.get("content", "")},
             {"type": "done", "finishReason": raw.get("finishReason"), "usage": raw.get("usage")},
         ]

@@ -29,9 +29,17 @@ from service.llm.providers import UNSENT_HEADERS
 from service.llm.sse_decoder import SSEDataDecoder
 
 log = logging.getLogger(__name__)
+REASONING_FIELDS = ("reasoning_content", "reasoning")  # vLLM, llama.cpp and DeepSeek; OpenRouter and newer vLLM
 # How long the body's end may take after ``[DONE]``: a provider that leaves its body open after the last event
 # gets its connection closed (not reused) after this, instead of holding it until the read timeout.
 DRAIN_SECONDS = 1.0
+
+
+class ReasoningText(str):
+    """A reasoning delta (the model's thinking before its answer), told apart from answer text by its class: a
+    batch stays one ``list[str]``, and a reply without reasoning costs not a single extra check per token."""
+
+    __slots__ = ()
 
 
 @dataclass(frozen=True)
@@ -56,6 +64,8 @@ class UpstreamStream:
         self.finish_reason: str | None = None
         self.usage: tuple[int, int] | None = None
         self.deltas = 0
+        self.reasoning_deltas = 0  # how many of ``deltas`` were reasoning: while 0, a batch holds answer text only
+        self.reasoning_tokens: int | None = None  # the provider's own count, when its usage carries one
         self._drained: gevent.Greenlet[[BodyReader, Callable[[], None]], None] | None = None
         self._reader: BodyReader | None = None
         self._decoder = SSEDataDecoder()
@@ -65,7 +75,8 @@ class UpstreamStream:
         self.wakeable = False  # True when the read is our own, which turns a thrown ``WakeUp`` into an empty batch
 
     def next_batch(self, wait: bool = True) -> list[str] | None:
-        """The non-empty text deltas of the next network read, in order; an empty list when woken (or, with
+        """The non-empty text deltas of the next network read, in order (reasoning deltas as ``ReasoningText``,
+        before the answer text of the same chunk); an empty list when woken (or, with
         ``wait=False``, when nothing came in with the headers); None at the end. Raises the error the upstream
         sent after the deltas before it have been returned."""
         if self._failure is not None:
@@ -159,6 +170,9 @@ class UpstreamStream:
         usage = chunk.get("usage")
         if usage:
             self.usage = (int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
+            details = usage.get("completion_tokens_details")
+            if isinstance(details, dict) and details.get("reasoning_tokens") is not None:
+                self.reasoning_tokens = int(details["reasoning_tokens"])
         choices = chunk.get("choices")
         if not choices:  # usage-only, or Azure's prompt-filter chunk
             return None
@@ -166,6 +180,9 @@ class UpstreamStream:
         delta = choice.get("delta")
         if delta:
             content = delta.get("content")
+            # a delta of text alone (nearly every token) carries no reasoning: only another shape is looked into
+            if (content is None or len(delta) > 1) and self._take_reasoning(delta, texts):
+                return UpstreamFailed()
             if content:
                 if content.__class__ is not str:  # a list or a number where text belongs
                     return UpstreamFailed()
@@ -176,6 +193,18 @@ class UpstreamStream:
             if reason == "content_filter":
                 return ContentFiltered()
         return None
+
+    def _take_reasoning(self, delta: dict[str, Any], texts: list[str]) -> bool:
+        """Append the delta's reasoning, if any, to ``texts``; True when it is not text."""
+        for name in REASONING_FIELDS:
+            reasoning = delta.get(name)
+            if reasoning:
+                if reasoning.__class__ is not str:
+                    return True
+                texts.append(ReasoningText(reasoning))
+                self.reasoning_deltas += 1
+                return False
+        return False
 
     def close(self) -> None:
         """Close the response (if the drain will not) and let go of it and its reader: a finished stream stays

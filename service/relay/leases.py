@@ -84,18 +84,23 @@ def recover(client: Any, store: ConversationStore, stream_id: str) -> None:
     if not turn or any(b"end" in fields for _, fields in entries):
         return
     tokens: dict[int, str] = {}  # by number: a batch written twice (a retried flush) counts once
+    thoughts: dict[int, str] = {}  # reasoning pieces, likewise
     last = 0
     for _, fields in entries:
         for sequence, data in _EVENT.findall(fields.get(b"data", b"")):
             last = max(last, int(sequence))
             event = orjson.loads(data)
-            if event.get("type") == "token":
+            kind = event.get("type")
+            if kind == "token":
                 tokens[int(sequence)] = str(event.get("content", ""))
+            elif kind == "reasoning":
+                thoughts[int(sequence)] = str(event.get("content", ""))
     texts = [tokens[sequence] for sequence in sorted(tokens)]
     reply = "".join(texts)
-    log.warning("stream %s lost its host; saving the %d tokens its mirror holds", stream_id, len(texts))
+    reasoning = "".join(thoughts[sequence] for sequence in sorted(thoughts)) if thoughts else None
+    log.warning("stream %s lost its host; saving the %d tokens its mirror holds", stream_id, len(texts) + len(thoughts))
     try:
-        _save(store, turn, reply, len(texts))
+        _save(store, turn, reply, len(texts) + len(thoughts), reasoning, len(thoughts))
     except Exception:  # the dying host saved it after all (the reply's id is taken): nothing is lost
         log.exception("could not save the reply of stream %s", stream_id)
     final = Error(ServerShutdown.code, HOST_LOST, True)
@@ -106,7 +111,9 @@ def recover(client: Any, store: ConversationStore, stream_id: str) -> None:
     pipe.execute()
 
 
-def _save(store: ConversationStore, turn: dict[str, str], reply: str, tokens: int) -> None:
+def _save(
+    store: ConversationStore, turn: dict[str, str], reply: str, tokens: int, reasoning: str | None, thoughts: int
+) -> None:
     store.save_exchange(
         ExchangeRecord(
             conversation_id=turn["conversation_id"],
@@ -127,5 +134,7 @@ def _save(store: ConversationStore, turn: dict[str, str], reply: str, tokens: in
             depth=int(turn["depth"]) if turn.get("depth") else None,
             user_message_id=turn.get("user_message_id") or None,
             regenerate=turn.get("regenerate") == "1",
+            reasoning=reasoning,
+            reasoning_tokens=thoughts or None,
         )
     )

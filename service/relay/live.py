@@ -30,7 +30,7 @@ import gevent
 from gevent.event import Event as Signal
 from gevent.queue import Full, SimpleQueue
 
-from service.chat.events import Error, Token
+from service.chat.events import Error
 from service.chat.stream import ChatStream
 from service.errors import Cancelled, ClientStalled, StreamError
 from service.interrupts import WakeUp
@@ -49,7 +49,8 @@ READER_BEHIND: Final = encode_unnumbered(
 class LiveStream:
     """The shared state of one running (or recently finished) stream.
 
-    Sequence numbers: 0 is the metadata, 1..n the reply's n tokens (``chat.parts``), n + 1 the last event.
+    Sequence numbers: 0 is the metadata, 1..n the reply's n tokens and reasoning pieces (``chat.parts``), n + 1 the
+    last event.
     Build it in the greenlet that will iterate ``owner_body()``: that greenlet runs the stream.
     """
 
@@ -278,7 +279,7 @@ class LiveStream:
             frames.append(encode_event(prefix, 0, chat.metadata))
         tokens = min(len(chat.parts), max(published - 1, 0))
         frames.extend(
-            encode_event(prefix, sequence, Token(chat.parts[sequence - 1]))
+            encode_event(prefix, sequence, chat.parts.event(sequence - 1))
             for sequence in range(max(after + 1, 1), tokens + 1)
         )
         final = chat.final_event

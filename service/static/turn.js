@@ -65,6 +65,7 @@ export class Turn {
     this.messageId = (resume && resume.messageId) || null;
     this.model = (resume && resume.model) || "";
     this.received = (resume && resume.text) || ""; // every token up to lastEventId
+    this.reasoning = (resume && resume.reasoning) || ""; // every reasoning piece up to lastEventId
     this.pickedUp = resume !== null;
     this.stopped = false;
     this.abandoned = false;
@@ -73,13 +74,14 @@ export class Turn {
     this.cancelRequest = null; // the DELETE, once sent
     this.stopTimer = null;
     this.view = new ReplyView({ onDraw: () => hooks.drawn(this), onBuffered: (count) => hooks.buffered(this, count) });
+    if (this.reasoning) this.view.replaceReasoning(this.reasoning);
     if (this.received) this.view.replaceText(this.received);
   }
 
   /** What a reload needs to pick this stream up where it is. */
   snapshot() {
-    const { streamId, lastEventId, messageId, model, message, received, regenerateMessageId, editMessageId, requestedModel } = this;
-    return { streamId, lastEventId, messageId, model, message, text: received, regenerateMessageId, editMessageId, requestedModel };
+    const { streamId, lastEventId, messageId, model, message, received, reasoning, regenerateMessageId, editMessageId, requestedModel } = this;
+    return { streamId, lastEventId, messageId, model, message, text: received, reasoning, regenerateMessageId, editMessageId, requestedModel };
   }
 
   body() {
@@ -184,6 +186,12 @@ export class Turn {
           this.view.push(payload.content);
         }
         return null;
+      case "reasoning":
+        if (typeof payload.content === "string" && payload.content) {
+          this.reasoning += payload.content;
+          this.view.pushReasoning(payload.content);
+        }
+        return null;
       case "done":
         this.end({ stats: payload, model: this.model });
         return "ended";
@@ -224,6 +232,7 @@ export class Turn {
         this.hooks.conversation(this);
       }
       this.messageId = data.messageId || null;
+      if (data.reasoning) this.view.replaceReasoning(data.reasoning);
       this.view.replaceText(data.content || "");
       this.end({ stats: { usage: data.usage, finishReason: data.finishReason }, model: data.model });
     } catch (error) {
@@ -248,7 +257,10 @@ export class Turn {
       try {
         const data = await within(getConversation(this.conversationId), STOP_WAIT_MS);
         const saved = ((data && data.messages) || []).find((message) => message.id === this.messageId);
-        if (saved && !this.networkDone) this.view.replaceText(saved.content);
+        if (saved && !this.networkDone) {
+          if (saved.reasoning) this.view.replaceReasoning(saved.reasoning);
+          this.view.replaceText(saved.content);
+        }
       } catch {
         // keep what arrived
       }

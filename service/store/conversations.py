@@ -78,6 +78,8 @@ class ExchangeRecord:
     depth: int | None = None  # the user message's position
     user_message_id: str | None = None  # None: a new id
     regenerate: bool = False  # a new reply to the stored user message ``user_message_id``: no user message written
+    reasoning: str | None = None  # a reasoning model's thinking, saved apart from the reply
+    reasoning_tokens: int | None = None  # of the completion tokens, those spent reasoning
 
     def usage_row(self, at: datetime) -> dict[str, Any]:
         prompt, completion = self.prompt_tokens or 0, self.completion_tokens or 0
@@ -96,6 +98,7 @@ class ExchangeRecord:
             "tokens_per_second": None if self.tokens_per_second is None else round(self.tokens_per_second, 2),
             "outcome": self.outcome,
             "cached": self.cached,
+            "reasoning_tokens": self.reasoning_tokens,
             "created_at": at,
         }
 
@@ -150,6 +153,7 @@ class MessageRow:
     parent_id: str | None = None
     position: int = 0
     current: bool = False  # on the conversation's current branch
+    reasoning: str | None = None
 
     @classmethod
     def of(cls, message: Message, current: bool = False) -> MessageRow:
@@ -168,6 +172,7 @@ class MessageRow:
             message.parent_id,
             message.position,
             current,
+            message.reasoning,
         )
 
 
@@ -401,6 +406,7 @@ def _message_rows(record: ExchangeRecord, after: tuple[str, int] | None, now: da
         "position": depth + 1,
         "role": "assistant",
         "content": record.reply,
+        "reasoning": record.reasoning,
         "status": record.status,
         "model": record.model,
         "finish_reason": record.finish_reason,
@@ -416,6 +422,7 @@ def _message_rows(record: ExchangeRecord, after: tuple[str, int] | None, now: da
         "position": depth,
         "role": "user",
         "content": record.user_message,
+        "reasoning": None,
         "status": "complete",
         "model": None,
         "finish_reason": None,

@@ -103,7 +103,7 @@ def test_a_scrape_forces_no_full_garbage_collection(client: FlaskClient) -> None
 
 def test_responses_carry_exactly_the_documented_fields(client: FlaskClient) -> None:
     schemas = client.get("/openapi.json").get_json()["components"]["schemas"]
-    reply = client.post("/api/v1/ai/chat", json={"message": "documented #tokens=2"}).get_json()
+    reply = client.post("/api/v1/ai/chat", json={"message": "documented #tokens=2 #reasoning=1"}).get_json()
     assert set(reply) == set(schemas["ChatResponse"]["properties"])
     conversation = client.get(f"/api/v1/ai/conversations/{reply['conversationId']}").get_json()
     assert set(conversation) == set(schemas["ConversationDetail"]["properties"])

@@ -8,9 +8,11 @@ import uuid
 
 import gevent
 import pytest
+from sqlalchemy import select
 
 from service.store.conversations import ConversationStore
 from service.store.group_commit import GroupCommit, WriteTimedOut
+from service.store.models import Usage
 from tests.store.test_database import record, store  # noqa: F401 - the store fixture (SQLite and PostgreSQL)
 
 
@@ -134,3 +136,28 @@ def test_a_database_that_keeps_committing_is_waited_for_behind_a_queue() -> None
     gevent.joinall([first, *queued, third], timeout=5)
     assert [writer.exception for writer in (first, *queued, third)] == [None] * 11
     assert written == [[0], list(range(1, 10)), [10]]
+
+
+def test_reasoning_is_saved_apart_in_a_group_commit(store: ConversationStore) -> None:  # noqa: F811
+    store.group = GroupCommit(store.save_exchanges)
+    user = f"u-{uuid.uuid4()}"
+    thinking = [
+        dataclasses.replace(
+            record(str(uuid.uuid4()), user, f"q {n}"), new_conversation=True, reasoning=f"why {n}", reasoning_tokens=n
+        )
+        for n in range(1, 6)
+    ]
+    plain = dataclasses.replace(record(str(uuid.uuid4()), user, "plain"), new_conversation=True)
+    writers = [gevent.spawn(store.save_exchange, item) for item in [*thinking, plain]]
+    gevent.joinall(writers, timeout=10, raise_error=True)
+    for item in [*thinking, plain]:
+        read = store.read(item.conversation_id, user)
+        assert read is not None and read.messages is not None
+        assert [(m.content, m.reasoning) for m in read.messages] == [
+            (item.user_message, None),
+            (item.reply, item.reasoning),
+        ]
+        query = select(Usage.reasoning_tokens).where(Usage.message_id == item.reply_id)
+        tokens = store.database.statements(lambda connection, query=query: connection.execute(query).scalar_one())
+        assert tokens == item.reasoning_tokens
+    assert plain.reasoning is None and plain.reasoning_tokens is None

@@ -10,12 +10,13 @@ from pathlib import Path
 
 import orjson
 import pytest
+from sqlalchemy import select
 
 from service.errors import DatabaseUnavailable
 from service.store.conversations import ConversationStore, ExchangeRecord
 from service.store.database import Database
 from service.store.journal import SaveJournal, Tally, main
-from service.store.models import utcnow
+from service.store.models import Usage, utcnow
 from tests.store.test_database import record
 
 AWAY = DatabaseUnavailable()
@@ -203,3 +204,24 @@ def test_the_command_writes_what_no_worker_holds(
         assert "1 refused and set aside" in capsys.readouterr().out
     finally:
         living.close()
+
+
+def test_a_journaled_reply_keeps_its_reasoning_and_reasoning_tokens(outage: Outage, journal: SaveJournal) -> None:
+    store = ConversationStore(outage.database, journal)
+    item = dataclasses.replace(
+        fresh(f"u-{uuid.uuid4()}", "a reasoning reply saved during an outage"),
+        reasoning="Let me think\n😀 about it",
+        reasoning_tokens=7,
+    )
+    outage.begin()
+    store.save_exchange(item)  # on disk, reasoning and all
+    outage.end()
+    assert journal.replay(store) == Tally(written=1)
+    found = store.read(item.conversation_id, item.user_id)
+    assert found is not None and found.messages is not None
+    assert [(message.content, message.reasoning) for message in found.messages] == [
+        (item.user_message, None),
+        (item.reply, "Let me think\n😀 about it"),
+    ]
+    query = select(Usage.reasoning_tokens).where(Usage.message_id == item.reply_id)
+    assert store.database.statements(lambda connection: connection.execute(query).scalar_one()) == 7
