@@ -186,9 +186,17 @@ def test_another_model_or_a_turn_with_history_goes_to_the_model(
 
 @pytest.mark.parametrize(
     "script",
-    ["#fail_after=2", "#error_after=2", "#length", "#filter_after=2", "#malformed_after=2", "#tokens=0"],
+    [
+        "#fail_after=2",
+        "#error_after=2",
+        "#length",
+        "#filter_after=2",
+        "#malformed_after=2",
+        "#tokens=0",
+        "#reasoning=3",
+    ],
 )
-def test_errors_cut_and_unfinished_replies_are_never_kept(
+def test_errors_cut_unfinished_and_reasoning_replies_are_never_kept(
     cached_server: GunicornServer, upstream: FakeUpstream, script: str
 ) -> None:
     marker, message = marked(f"#tokens=5 {script}")
