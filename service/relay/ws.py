@@ -27,7 +27,7 @@ from typing import Any, Final
 
 import orjson
 from gevent.lock import Semaphore
-from simple_websocket import ConnectionClosed, Server  # type: ignore[import-untyped]
+from simple_websocket import ConnectionClosed, Server
 
 from service.chat.events import Error
 from service.errors import Cancelled, ServiceError
