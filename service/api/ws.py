@@ -33,6 +33,7 @@ from service.chat.stream import ChatStream
 from service.errors import InvalidRequest, NotFound, PayloadTooLarge, ServiceError, Unauthorized
 from service.extensions import Services, services
 from service.relay.send_guard import send_guard
+from service.relay.shutdown import draining
 from service.relay.ws import (
     GOING_AWAY,
     NORMAL,
@@ -98,27 +99,41 @@ class WsSession:
         self.following = False  # the task reads a resumed stream (else it owns a turn)
 
     def run(self) -> None:
-        settings = self.found.settings
+        draining.listeners.add(self._drain)
         try:
-            if self.user_id is None and not self._authenticate(settings.request_read_timeout_seconds):
-                return
-            idle_limit, heartbeat = settings.ws_idle_timeout_seconds, settings.heartbeat_seconds
-            idle = 0.0
-            while True:
-                message = self.channel.receive(min(heartbeat, idle_limit))
-                if message is not None:
-                    idle = 0.0
-                    self._dispatch(message)
-                elif self._busy():
-                    idle = 0.0  # the stream's watchdog sends its heartbeats
-                else:
-                    idle += min(heartbeat, idle_limit)
-                    if idle >= idle_limit:
-                        self.channel.close(NORMAL, "idle")
-                        return
-                    self.channel.send(PING_FRAME)  # a WebSocket ping: keeps proxies from closing a quiet socket
+            self._serve()
         except ChannelClosed:
             self._client_gone()
+        finally:
+            draining.listeners.discard(self._drain)
+
+    def _serve(self) -> None:
+        settings = self.found.settings
+        if self.user_id is None and not self._authenticate(settings.request_read_timeout_seconds):
+            return
+        idle_limit, heartbeat = settings.ws_idle_timeout_seconds, settings.heartbeat_seconds
+        idle = 0.0
+        while True:
+            if draining.started and not self._busy():
+                self._drain()
+            message = self.channel.receive(min(heartbeat, idle_limit))
+            if message is not None:
+                idle = 0.0
+                self._dispatch(message)
+            elif self._busy():
+                idle = 0.0  # the stream's watchdog sends its heartbeats
+            else:
+                idle += min(heartbeat, idle_limit)
+                if idle >= idle_limit:
+                    self.channel.close(NORMAL, "idle")
+                    return
+                self.channel.send(PING_FRAME)  # a WebSocket ping: keeps proxies from closing a quiet socket
+
+    def _drain(self) -> None:
+        """The worker is shutting down: a socket with no stream running is closed now (1001, going away); one with
+        a stream is closed once the stream has ended."""
+        if not self._busy():
+            self.channel.close(GOING_AWAY, "server restarting")
 
     def _authenticate(self, timeout: float) -> bool:
         """The first frame must be ``{"type":"auth","token":...}``; anything else, or nothing in time, closes."""

@@ -136,6 +136,7 @@ class WsChannel:
         self.closed = True
         with self.lock, contextlib.suppress(ConnectionClosed, OSError):  # the peer is already gone
             self.server.close(code, reason)
+        self.server.event.set()  # a ``receive`` waiting in another greenlet returns now, not at its timeout
 
 
 class OwnedTurn:

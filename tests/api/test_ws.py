@@ -5,14 +5,19 @@ and timeouts."""
 from __future__ import annotations
 
 import re
+import signal
+import socket
 import time
 from collections.abc import Iterator
 
 import httpx
 import jwt
+import orjson
 import pytest
 from simple_websocket import Client
 from simple_websocket import ConnectionError as Refused
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, Message, Ping, Request, TextMessage
 
 from tests.conftest import ServerFactory
 from tests.fake_upstream import FakeUpstream
@@ -305,3 +310,59 @@ def test_idle_timeout_of_the_model_and_of_the_socket(server_factory: ServerFacto
     quiet = time.monotonic()
     assert closed_with(client, 4) == 1000  # nothing running and nothing sent: the socket is closed
     assert 0.9 < time.monotonic() - quiet < 2.5
+
+
+def test_a_draining_worker_closes_idle_sockets_at_once_and_busy_ones_after_their_stream(
+    server_factory: ServerFactory,
+) -> None:
+    server = server_factory(HEARTBEAT_SECONDS="0.5")
+    idle, busy = connect(server.url), connect(server.url)
+    send(busy, {"type": "chat", "message": "drains to the end #tokens=20 #delay=0.05"})
+    assert next_frame(busy).type == "metadata"
+    assert server.process is not None
+    server.process.send_signal(signal.SIGTERM)
+    signalled = time.monotonic()
+    assert closed_with(idle, 3) == 1001
+    assert time.monotonic() - signalled < 1.5
+    frames = until_end(busy)
+    assert frames[-1].type == "done" and sum(1 for frame in frames if frame.type == "token") == 20
+    assert closed_with(busy, 3) == 1001
+    server.process.wait(10)
+
+
+def _pings_and_messages(sock: socket.socket, connection: WSConnection, seconds: float) -> tuple[int, list[str]]:
+    """Read for ``seconds``: how many WebSocket pings came, and the text messages (wsproto sees every frame)."""
+    pings, messages = 0, []
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        sock.settimeout(left)
+        try:
+            data = sock.recv(65536)
+        except TimeoutError:
+            break
+        connection.receive_data(data)
+        for event in connection.events():
+            if isinstance(event, Ping):
+                pings += 1
+                sock.sendall(connection.send(event.response()))
+            elif isinstance(event, TextMessage):
+                messages.append(event.data)
+    return pings, messages
+
+
+def test_heartbeats_are_websocket_pings_between_turns_and_while_the_model_is_silent(
+    server_factory: ServerFactory,
+) -> None:
+    server = server_factory(HEARTBEAT_SECONDS="0.3")
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+    connection = WSConnection(ConnectionType.CLIENT)
+    sock.sendall(connection.send(Request(host=f"127.0.0.1:{server.port}", target="/api/v1/ai/chat/ws")))
+    connection.receive_data(sock.recv(65536))
+    assert any(isinstance(event, AcceptConnection) for event in connection.events())
+    idle_pings, nothing = _pings_and_messages(sock, connection, 1.1)
+    assert idle_pings >= 2 and nothing == []
+    sock.sendall(connection.send(Message(data='{"type":"chat","message":"pings mid reply #tokens=3 #silence=1.2"}')))
+    pings, messages = _pings_and_messages(sock, connection, 2.5)
+    sock.close()
+    assert pings >= 2
+    assert [orjson.loads(message)["type"] for message in messages] == ["metadata", "token", "token", "token", "done"]
