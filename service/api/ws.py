@@ -30,7 +30,15 @@ from service.api.errors import attach_error_handlers
 from service.api.request_id import attach_request_ids
 from service.auth import current_user
 from service.chat.stream import ChatStream
-from service.errors import InvalidRequest, NotFound, PayloadTooLarge, ServiceError, Unauthorized
+from service.errors import (
+    InternalError,
+    InvalidRequest,
+    NotFound,
+    PayloadTooLarge,
+    RateLimited,
+    ServiceError,
+    Unauthorized,
+)
 from service.extensions import Services, services
 from service.relay.send_guard import send_guard
 from service.relay.shutdown import draining
@@ -77,8 +85,6 @@ def chat_ws() -> Response:
     watched = guard.watch(channel, channel.socket)  # a client that stops reading is cut, whatever was being sent
     try:
         WsSession(found, channel, user_id).run()
-    except Exception:  # the response is the socket now: an error must not become an HTTP 500 written into it
-        log.exception("a WebSocket session failed")
     finally:
         guard.forget(watched)
         channel.close(GOING_AWAY)
@@ -103,9 +109,12 @@ class WsSession:
         try:
             self._serve()
         except ChannelClosed:
-            self._client_gone()
+            pass
+        except Exception:  # the response is the socket now: an error must not become an HTTP 500 written into it
+            log.exception("a WebSocket session failed")
         finally:
             draining.listeners.discard(self._drain)
+            self._client_gone()  # the socket is closing: a stream still running goes on as after any drop
 
     def _serve(self) -> None:
         settings = self.found.settings
@@ -139,7 +148,7 @@ class WsSession:
         """The first frame must be ``{"type":"auth","token":...}``; anything else, or nothing in time, closes."""
         message = self.channel.receive(timeout)
         try:
-            frame = _frame(message) if message is not None else None
+            frame = _frame(message, self.found.settings.max_body_bytes) if message is not None else None
             if frame is None or frame.get("type") != "auth" or not isinstance(frame.get("token"), str):
                 raise Unauthorized('Send {"type":"auth","token":...} first.', {"reason": "missing"})
             self.user_id = self.found.auth.user_for(f"Bearer {frame['token']}")
@@ -151,7 +160,7 @@ class WsSession:
 
     def _dispatch(self, message: str | bytes) -> None:
         try:
-            frame = _frame(message)
+            frame = _frame(message, self.found.settings.max_body_bytes)
             kind = frame.get("type")
             if kind == "chat":
                 self._chat(frame)
@@ -166,6 +175,8 @@ class WsSession:
             else:
                 raise InvalidRequest("Unknown frame type.", {"type": [f"must be one of {list(FRAME_TYPES)}"]})
         except ServiceError as refused:
+            if isinstance(refused, RateLimited):
+                self.found.metrics.refusals.labels(refused.limit).inc()  # as the HTTP error handler counts them
             self.channel.send(error_frame(refused))
         except ChannelClosed:
             raise
@@ -195,7 +206,11 @@ class WsSession:
     def _own(self, chat: ChatStream) -> None:
         """The turn's greenlet: it builds the ``LiveStream`` (whose owner it is) and runs it to the end."""
         client = None if self.channel.closed else self.channel.socket  # gone before this began: the first send says so
-        live, watchdog = start_live(self.found, chat, client)
+        try:
+            live, watchdog = start_live(self.found, chat, client)
+        except BaseException:
+            chat.finish(InternalError())  # the upstream closed, the exchange saved, the stream's slot released
+            raise
         self.turn = OwnedTurn(live, self.channel, watchdog.release_client)
         self.turn.run()
 
@@ -231,14 +246,11 @@ class WsSession:
         # else the turn's greenlet has not begun: its first send finds the socket closed and ends it as a drop
 
 
-def _frame(message: str | bytes) -> dict[str, Any]:
-    """A client frame as a JSON object, or the refusal it deserves."""
+def _frame(message: str | bytes, limit: int) -> dict[str, Any]:
+    """A client frame as a JSON object, or the refusal it deserves (``limit``: ``MAX_BODY_BYTES``)."""
     if isinstance(message, bytes):
         raise InvalidRequest("Frames must be text: one JSON object each.", {"_frame": ["binary"]})
-    limit = services().settings.max_body_bytes
-    if len(message) > limit:  # characters: at least one byte each, so a larger frame is refused here too
-        raise PayloadTooLarge(f"A frame is over {limit} bytes.")
-    if len(message.encode()) > limit:
+    if len(message) > limit or len(message.encode()) > limit:  # characters first: no copy of a huge frame
         raise PayloadTooLarge(f"A frame is over {limit} bytes.")
     try:
         frame = orjson.loads(message)
