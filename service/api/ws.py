@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import uuid
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 import gevent
 import orjson
@@ -31,6 +32,7 @@ from service.api.request_id import attach_request_ids
 from service.auth import current_user
 from service.chat.stream import ChatStream
 from service.errors import (
+    Forbidden,
     InternalError,
     InvalidRequest,
     NotFound,
@@ -77,6 +79,7 @@ def chat_ws() -> Response:
     found = services()
     if request.headers.get("Upgrade", "").lower() != "websocket" or "gunicorn.socket" not in request.environ:
         raise InvalidRequest("This endpoint expects a WebSocket upgrade.", {"Upgrade": ["must be websocket"]})
+    _check_origin(found.settings.cors_origins)
     user_id = None
     if "Authorization" in request.headers or not found.auth.key:  # else the first frame authenticates
         user_id = current_user(found.auth)  # a bad token is refused here, as 401, before the upgrade
@@ -89,6 +92,18 @@ def chat_ws() -> Response:
         guard.forget(watched)
         channel.close(GOING_AWAY)
     return _Handled()
+
+
+def _check_origin(allowed: tuple[str, ...]) -> None:
+    """A browser opens a WebSocket to any site, sending that site's cookies, and CORS does not apply: only pages of
+    this host (by host name: a proxy may drop the port) or of ``CORS_ORIGINS`` may open one. A client that is not
+    a browser sends no ``Origin``."""
+    origin = request.headers.get("Origin", "")
+    if not origin or origin.lower() in allowed:
+        return
+    if urlsplit(origin.lower()).hostname == urlsplit(f"//{request.host.lower()}").hostname:
+        return
+    raise Forbidden("Pages of another site may not open this WebSocket.", {"Origin": ["not allowed"]})
 
 
 class WsSession:

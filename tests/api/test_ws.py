@@ -366,3 +366,19 @@ def test_heartbeats_are_websocket_pings_between_turns_and_while_the_model_is_sil
     sock.close()
     assert pings >= 2
     assert [orjson.loads(message)["type"] for message in messages] == ["metadata", "token", "token", "token", "done"]
+
+
+@pytest.mark.parametrize(
+    ("origin", "opens"),
+    [("http://127.0.0.1:9999", True), ("https://evil.example", False), ("http://127.0.0.1.evil.example", False)],
+)
+def test_only_pages_of_this_host_may_open_a_socket(server: GunicornServer, origin: str, opens: bool) -> None:
+    if opens:
+        client = connect(server.url, headers={"Origin": origin})
+        send(client, {"type": "ping"})
+        assert next_frame(client).type == "pong"
+        client.close()
+        return
+    with pytest.raises(Refused) as refused:
+        connect(server.url, headers={"Origin": origin})
+    assert refused.value.status_code == 403
