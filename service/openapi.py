@@ -180,7 +180,7 @@ def build_spec() -> dict[str, Any]:
                     "101": {"description": "Switching Protocols: the WebSocket is open"},
                     "400": _json("validation_error: not a WebSocket upgrade", "Error"),
                     "401": _json("unauthorized: the `Authorization` header's token was refused", "Error"),
-                    "403": _json("forbidden: a page of another origin (`Origin` not this host nor in CORS_ORIGINS)", "Error"),
+                    "403": _json("forbidden: a page of another origin (not this host, not in CORS_ORIGINS)", "Error"),
                 },
                 description=_WEBSOCKET,
             ),
