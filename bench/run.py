@@ -11,8 +11,10 @@ With ``--repeat N`` every row runs N times, the relays taking turns, and each fi
     .venv/bin/python -m bench.run --repeat 3      # the README's table: medians of 3 (about 30 minutes)
     .venv/bin/python -m bench.run --scenarios S1,S3 --workers 1
     .venv/bin/python -m bench.run --scenarios S5,S1w --workers 1   # short replies; the one-write extra row
+    .venv/bin/python -m bench.run --scenarios S1,S1ws --workers 1 --node off   # SSE against WebSocket
 
-The default scenarios are S1-S5; S1w (each reply in one upstream write) runs only when named.
+The default scenarios are S1-S5; S1w (each reply in one upstream write) and S1ws (S1 over the WebSocket endpoint)
+run only when named. The ``direct`` and ``node`` rows are skipped for S1ws: they have no WebSocket.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ class Scenario:
     delay: float
     description: str
     one_write: bool = False  # the upstream sends each reply in one write (an extra row, never the headline)
+    target: str = "service"  # what the load generator reads: "service" (SSE) or "ws" (the WebSocket endpoint)
 
 
 SCENARIOS = {
@@ -56,6 +59,7 @@ SCENARIOS = {
     "S4": Scenario("S4", 5000, 5000, 50, 0.1, "5,000 concurrent x 50 tokens at 100 ms"),
     "S5": Scenario("S5", 3000, 20, 5, 0.0, "short replies: 20 concurrent x 5 tokens, no delay (3,000 requests)"),
     "S1w": Scenario("S1w", 100, 1, 200, 0.0, "S1 with each reply in one upstream write (no provider does this)", True),
+    "S1ws": Scenario("S1ws", 100, 1, 200, 0.0, "S1 over the WebSocket: 100 turns on one socket", target="ws"),
 }
 
 
@@ -238,8 +242,8 @@ def measure_relay(
     """One scenario on a relay just started (so RSS per stream starts from a new process), after a short warm-up;
     the relay is stopped afterwards. ``pids`` are the processes whose CPU and RSS count."""
     try:
-        load("service", port, Scenario("warm", 20, 5, 20, 0.0, "warm-up"))
-        return measure("service", port, scenario, pids, upstream_pid)
+        load(scenario.target, port, Scenario("warm", 20, 5, 20, 0.0, "warm-up"))
+        return measure(scenario.target, port, scenario, pids, upstream_pid)
     finally:
         relay.send_signal(signal.SIGTERM)
         relay.wait(30)
@@ -275,14 +279,17 @@ def main() -> None:
             for scenario in chosen:
                 runs: dict[str, list[dict[str, float]]] = {}
                 for _ in range(args.repeat):  # the relays take turns, so a slow spell of the machine hits them all
-                    runs.setdefault("direct", []).append(measure("direct", upstream_port, scenario, [], upstream.pid))
+                    if scenario.target == "service":  # the upstream and the Node relay speak no WebSocket
+                        runs.setdefault("direct", []).append(
+                            measure("direct", upstream_port, scenario, [], upstream.pid)
+                        )
                     for count in worker_counts:
                         for redis_url in [None, args.redis] if args.redis else [None]:
                             service, port = start_service(upstream_port, count, folder, redis_url)
                             stats = measure_relay(service, port, children(service.pid), scenario, upstream.pid)
                             name = f"{count}w+redis" if redis_url else f"{count} worker" + ("s" if count > 1 else "")
                             runs.setdefault(name, []).append(stats)
-                    if args.node == "auto" and node_relay_ready():
+                    if args.node == "auto" and node_relay_ready() and scenario.target == "service":
                         relay, port = start_node_relay(upstream_port, folder)
                         stats = measure_relay(relay, port, [relay.pid], scenario, upstream.pid)
                         runs.setdefault("node", []).append(stats)

@@ -54,6 +54,7 @@ class Settings:
     send_timeout_seconds: float = 30.0  # longest a write waits for a client that does not read
     request_read_timeout_seconds: float = 10.0  # longest a client takes to send a request's head, and its body
     resume_grace_seconds: float = 15.0
+    ws_idle_timeout_seconds: float = 300.0  # a WebSocket with no stream and no frame from its client is closed
     drain_seconds: float = 313.0  # gunicorn's graceful timeout less the margin its own kill needs
     jwt_secret: str | None = None
     jwt_public_key: str | None = None
@@ -129,6 +130,7 @@ class Settings:
             send_timeout_seconds=reader.number("SEND_TIMEOUT_SECONDS", 30.0),
             request_read_timeout_seconds=reader.number("REQUEST_READ_TIMEOUT_SECONDS", 10.0),
             resume_grace_seconds=reader.number("RESUME_GRACE_SECONDS", 15.0, minimum=0.0),
+            ws_idle_timeout_seconds=reader.number("WS_IDLE_TIMEOUT_SECONDS", 300.0, minimum=0.1),
             drain_seconds=max(0.0, graceful_timeout(reader) - DRAIN_MARGIN),
             jwt_secret=reader.optional("JWT_SECRET"),
             jwt_public_key=reader.optional("JWT_PUBLIC_KEY"),

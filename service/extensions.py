@@ -9,7 +9,7 @@ from flask import current_app
 from service.auth import Authenticator
 from service.chat.service import ChatService
 from service.config import Settings
-from service.limits import StreamSlots, TokenBudget
+from service.limits import StreamSlots, TokenBudget, TurnLimit
 from service.metrics import Metrics
 from service.redis_health import RedisHealth
 from service.relay.mirror import SharedStreams
@@ -37,6 +37,7 @@ class Services:
     metrics: Metrics
     shared: SharedStreams | None  # streams visible from any host (REDIS_URL), else None
     redis_health: RedisHealth
+    turn_limit: TurnLimit | None = None  # RATE_LIMIT for WebSocket turns, set once the limiter is built
 
 
 def services() -> Services:

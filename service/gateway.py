@@ -20,7 +20,7 @@ from pathlib import Path
 
 from flask import Flask
 
-from service.api import chat, conversations, health, models, pages, usage
+from service.api import chat, conversations, health, models, pages, usage, ws
 from service.api.errors import register_error_handlers
 from service.auth import Authenticator
 from service.chat.cache import ReplyCache
@@ -28,7 +28,7 @@ from service.chat.context import ContextBuilder
 from service.chat.service import ChatService
 from service.config import ConfigError, Settings, default_database_url
 from service.extensions import KEY, Services
-from service.limits import LimitsUpkeep, TokenBudget, build_request_limiter, build_stream_slots
+from service.limits import LimitsUpkeep, TokenBudget, TurnLimit, build_request_limiter, build_stream_slots
 from service.llm.providers import build_clients
 from service.llm.streaming import StreamingService
 from service.llm.tokens import LocalTokenizer, TokenCounter
@@ -95,6 +95,7 @@ class ChatGateway:
                 LimitsUpkeep(found.slots, found.budget, found.redis_health).start()
         prefix = url_prefix.rstrip("/")
         app.register_blueprint(chat.bp, url_prefix=prefix + API_PREFIX)
+        app.register_blueprint(ws.bp, url_prefix=prefix + API_PREFIX)
         app.register_blueprint(conversations.bp, url_prefix=prefix + API_PREFIX + "/conversations")
         app.register_blueprint(usage.bp, url_prefix=prefix + API_PREFIX + "/usage")
         app.register_blueprint(models.bp, url_prefix=prefix + API_PREFIX + "/models")
@@ -102,7 +103,7 @@ class ChatGateway:
         if standalone:
             app.register_blueprint(pages.bp)
             register_error_handlers(app)
-        build_request_limiter(app, settings, found.auth)
+        found.turn_limit = TurnLimit(build_request_limiter(app, settings, found.auth), settings)
         return found
 
 

@@ -68,6 +68,31 @@ def build_request_limiter(app: Flask, settings: Settings, auth: Authenticator) -
     return limiter
 
 
+class TurnLimit:
+    """``RATE_LIMIT`` for chat turns that are not requests (WebSocket ``chat`` frames): each counts in the same
+    window as a ``POST /chat/stream`` of the same user, so a client cannot double its rate by switching transport.
+    While the storage is away a turn is let through (the limiter's own fallback counts requests only)."""
+
+    SCOPE = "chat.chat_stream"  # Flask-Limiter's scope for the stream view's limit: the same counter
+
+    def __init__(self, limiter: Limiter, settings: Settings) -> None:
+        self.limiter = limiter
+        self.limit = parse(settings.rate_limit)
+
+    def check(self, key: str) -> None:
+        """Count one turn for ``key`` (``user_key``'s form); ``RateLimited`` when the window is full."""
+        strategy = self.limiter.limiter
+        identifiers = ("chat-gateway", key, self.SCOPE)
+        try:
+            if strategy.hit(self.limit, *identifiers):
+                return
+            reset_at = strategy.get_window_stats(self.limit, *identifiers).reset_time
+        except ERRORS:
+            return
+        retry_after = int(reset_at - time.time()) + 1
+        raise RateLimited(f"Too many requests: the limit is {self.limit.amount}.", retry_after)
+
+
 def _only_decorated_views(app: Flask, limiter: Limiter) -> None:
     """Drop the limiter's app-wide ``before_request`` check: it exists for default and blueprint limits, which the
     service has none of, and it resolved limits for every request (health checks and scrapes included), a tenth

@@ -27,6 +27,15 @@ _EVENT_STREAM = {
     # OpenAPI 3.0 has a text/event-stream schema describe each event (its fields after SSE parsing).
     "content": {"text/event-stream": {"schema": {"$ref": "#/components/schemas/StreamEvent"}}},
 }
+_WEBSOCKET = (
+    "A WebSocket (send `Upgrade: websocket`, `Connection: Upgrade`, `Sec-WebSocket-Key`, `Sec-WebSocket-Version: "
+    "13`) that carries many chat turns, one JSON object per text frame (docs/protocol.md, *WebSocket*). The client "
+    'sends `{"type":"chat","message":...,"conversationId":...,"model":...}` (a `ChatRequest` with a `type`), '
+    '`{"type":"cancel"}`, `{"type":"resume","streamId":...,"lastEventId":...}`, `{"type":"ping"}`, and, without '
+    'an `Authorization` header, first `{"type":"auth","token":...}`. The server sends the stream\'s events as '
+    "`StreamEventData` with the SSE `id` as an `id` member first, `pong`, and `error` events (without `id`) for "
+    "refused frames."
+)
 _USAGE_FIELDS = ("promptTokens", "completionTokens", "totalTokens")
 # What a stream event's ``data`` holds (one line of compact JSON); a client ignores types and fields it does not know.
 _EVENT_DATA: dict[str, dict[str, Any]] = {
@@ -172,6 +181,18 @@ def build_spec() -> dict[str, Any]:
                 "Cancel a stream",
                 {"204": {"description": "cancelled"}, **_errors("401", "404", "503")},
                 parameters=[stream_id],
+            ),
+        },
+        "/api/v1/ai/chat/ws": {
+            "get": _secured(
+                "Chat turns over a WebSocket (upgrade)",
+                {
+                    "101": {"description": "Switching Protocols: the WebSocket is open"},
+                    "400": _json("validation_error: not a WebSocket upgrade", "Error"),
+                    "401": _json("unauthorized: the `Authorization` header's token was refused", "Error"),
+                    "403": _json("forbidden: a page of another origin (not this host, not in CORS_ORIGINS)", "Error"),
+                },
+                description=_WEBSOCKET,
             ),
         },
         "/api/v1/ai/chat": {

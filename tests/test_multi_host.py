@@ -186,3 +186,31 @@ def test_a_reader_on_another_host_holds_a_dropped_streams_grace_open(
     assert kinds[-1] == "done", kinds[-3:]
     assert kinds.count("token") == 50
     assert upstream.connection_for(marker).completed
+
+
+def test_a_websocket_turn_is_resumed_and_cancelled_through_another_host(
+    hosts: tuple[GunicornServer, GunicornServer], upstream: FakeUpstream
+) -> None:
+    from tests.ws import connect, next_frame, send, until_end
+
+    first, second = hosts
+    tag = f"ws cross host {uuid.uuid4()}"
+    owner = connect(first.url, headers=ALICE)
+    send(owner, {"type": "chat", "message": f"{tag} #tokens=60 #delay=0.1"})
+    seen = [next_frame(owner) for _ in range(3)]
+    stream_id = str(seen[0].id).split(":")[0]
+    wait_mirrored(stream_id, 2)
+    reader = connect(second.url, headers=ALICE)
+    send(reader, {"type": "resume", "streamId": stream_id, "lastEventId": str(seen[1].id)})
+    assert next_frame(reader).id == f"{stream_id}:2"
+    canceller = connect(second.url, headers=ALICE)
+    send(canceller, {"type": "cancel", "streamId": stream_id})
+    assert until_end(owner)[-1].data["error"]["code"] == "cancelled"
+    assert until_end(reader)[-1].data["error"]["code"] == "cancelled"
+    for client in (owner, reader, canceller):
+        client.close()
+    connection = upstream.connection_for(tag)
+    deadline = time.monotonic() + 3
+    while connection.closed_at is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert connection.closed_at is not None and connection.completed is False

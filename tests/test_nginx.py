@@ -219,3 +219,13 @@ def test_a_host_killed_behind_nginx_loses_nothing_generated(
     assert len(saved) == 4, saved  # each once, the killed host's two saved by the survivor
     assert sorted(status for _, _, status in saved) == ["complete", "complete", "incomplete", "incomplete"]
     assert all(count == 2 for _, count, _ in saved)
+
+
+def test_a_websocket_turn_through_nginx(hosts_behind_nginx: tuple[Nginx, list[GunicornServer]]) -> None:
+    from tests.ws import chat, connect
+
+    proxy, _ = hosts_behind_nginx
+    client = connect(proxy.url, headers={"Origin": proxy.url})
+    frames = chat(client, "through nginx over ws #tokens=5 #delay=0.02")
+    client.close()
+    assert [frame.type for frame in frames] == ["metadata"] + ["token"] * 5 + ["done"]

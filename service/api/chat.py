@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import re
+import socket
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from flask import Blueprint, Response, request
@@ -43,7 +44,13 @@ _LAST_EVENT_ID = re.compile(r"^(?P<stream>[0-9a-f]{32}):(?P<sequence>\d{1,9})$")
 
 
 def _chat_request(found: Services, user_id: str) -> ChatRequest:
-    body = load(_schema, json_body(found.settings.max_body_bytes, found.settings.request_read_timeout_seconds))
+    body = json_body(found.settings.max_body_bytes, found.settings.request_read_timeout_seconds)
+    return chat_request_from(found, user_id, body, request_id())
+
+
+def chat_request_from(found: Services, user_id: str, given: Any, request_id_: str) -> ChatRequest:
+    """A chat turn from its JSON body (a POST's, or a WebSocket ``chat`` frame's): the schema, then the model."""
+    body = load(_schema, given)
     model = body["model"]
     if model is not None and model not in found.settings.allowed_models:
         raise InvalidRequest(
@@ -55,7 +62,7 @@ def _chat_request(found: Services, user_id: str) -> ChatRequest:
         body["message"] or "",  # a regenerate's is the stored question's
         str(conversation) if conversation else None,
         model,
-        request_id(),
+        request_id_,
         trace=_trace(),
         regenerate_id=str(regenerate) if regenerate else None,
         edit_id=str(edit) if edit else None,
@@ -114,8 +121,11 @@ def log_reply(chat: ChatStream, seconds: float) -> None:
 
 
 def _open(found: Services, user_id: str) -> ChatStream:
+    return open_chat(found, user_id, _chat_request(found, user_id))
+
+
+def open_chat(found: Services, user_id: str, request_: ChatRequest) -> ChatStream:
     """Guards, then the service: budget and the open-stream cap are checked before any upstream call."""
-    request_ = _chat_request(found, user_id)
     try:
         return _guarded_open(found, user_id, request_)
     except ServiceError as refused:
@@ -158,13 +168,17 @@ def chat_stream() -> Response:
     found = services()
     user_id = current_user(found.auth)
     chat = _open(found, user_id)
-    mirror = found.shared.mirror(chat) if found.shared else None
-    live = LiveStream(
-        chat, mirror, found.timing.resume_grace, found.metrics.first_token_written
-    )  # runs in this greenlet, as gunicorn iterates it
-    found.streams.add(live)
-    watchdog = Watchdog(live, found.timing, request.environ.get("gunicorn.socket"))
+    live, watchdog = start_live(found, chat, request.environ.get("gunicorn.socket"))  # runs as gunicorn iterates it
     return _event_stream(live.owner_body(watchdog.release_client))
+
+
+def start_live(found: Services, chat: ChatStream, client: socket.socket | None) -> tuple[LiveStream, Watchdog]:
+    """The opened stream made live: registered for resumes (and mirrored across hosts), watched by its watchdog.
+    Call it in the greenlet that will run the stream (``LiveStream``)."""
+    mirror = found.shared.mirror(chat) if found.shared else None
+    live = LiveStream(chat, mirror, found.timing.resume_grace, found.metrics.first_token_written)
+    found.streams.add(live)
+    return live, Watchdog(live, found.timing, client)
 
 
 @bp.get("/chat/stream/<stream_id>")
@@ -172,22 +186,29 @@ def resume_stream(stream_id: str) -> Response:
     """Replay the events after ``Last-Event-ID`` and follow the stream live."""
     found = services()
     user_id = current_user(found.auth)
-    after = -1
-    last_event_id = request.headers.get("Last-Event-ID", "").strip()
-    if last_event_id:
-        match = _LAST_EVENT_ID.match(last_event_id)
-        if match is None or match["stream"] != stream_id:
-            raise InvalidRequest(
-                "Last-Event-ID must be '<streamId>:<n>' of this stream.", {"Last-Event-ID": ["malformed"]}
-            )
-        after = int(match["sequence"])
-    live = found.streams.get(stream_id, user_id)
+    after = event_sequence(stream_id, request.headers.get("Last-Event-ID", ""), "Last-Event-ID")
     guard, connection = send_guard(found.timing.send_timeout), request.environ.get("gunicorn.socket")
+    return _event_stream(GuardedBody(read_stream(found, stream_id, user_id, after), guard, connection))
+
+
+def event_sequence(stream_id: str, last_event_id: str, field: str) -> int:
+    """The sequence number in a last event id ``<streamId>:<n>`` of this stream; -1 for none (from the start)."""
+    last_event_id = last_event_id.strip()
+    if not last_event_id:
+        return -1
+    match = _LAST_EVENT_ID.match(last_event_id)
+    if match is None or match["stream"] != stream_id:
+        raise InvalidRequest(f"{field} must be '<streamId>:<n>' of this stream.", {field: ["malformed"]})
+    return int(match["sequence"])
+
+
+def read_stream(found: Services, stream_id: str, user_id: str, after: int) -> Iterator[bytes]:
+    """A reader of the user's stream from after ``after``, wherever it runs (SSE bytes); ``NotFound`` if none."""
+    live = found.streams.get(stream_id, user_id)
     if live is not None:
-        return _event_stream(GuardedBody(live.read(after), guard, connection))
+        return live.read(after)
     if found.shared is not None and found.shared.owned_by(stream_id, user_id):  # running on another host
-        replay = found.shared.read(stream_id, after, found.settings.heartbeat_seconds)
-        return _event_stream(GuardedBody(replay, guard, connection))
+        return found.shared.read(stream_id, after, found.settings.heartbeat_seconds)
     raise NotFound("No such stream.")
 
 
@@ -195,15 +216,20 @@ def resume_stream(stream_id: str) -> Response:
 def cancel_stream(stream_id: str) -> tuple[str, int]:
     """Stop the generation and the upstream request; readers get a ``cancelled`` event."""
     found = services()
-    user_id = current_user(found.auth)
+    cancel(found, stream_id, current_user(found.auth))
+    return "", 204
+
+
+def cancel(found: Services, stream_id: str, user_id: str) -> None:
+    """Stop the user's stream wherever it runs; ``NotFound`` if there is none."""
     live = found.streams.get(stream_id, user_id)
     if live is not None:
         if live.stop(Cancelled()):
             live.wait(5)
-        return "", 204
+        return
     if found.shared is not None and found.shared.owned_by(stream_id, user_id):  # running on another host
         found.shared.cancel(stream_id)
-        return "", 204
+        return
     raise NotFound("No such stream.")
 
 

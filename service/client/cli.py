@@ -27,8 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model")
     parser.add_argument("--json", action="store_true", help="print each event as one JSON line")
     parser.add_argument("--no-stream", action="store_true", help="ask for the whole reply at once")
+    parser.add_argument("--transport", choices=("sse", "ws"), default="sse", help="ws: stream over a WebSocket")
     args = parser.parse_args(argv)
-    with ChatClient(args.url, args.token) as client:
+    with ChatClient(args.url, args.token, transport=args.transport) as client:
         try:
             if args.no_stream:
                 result = client.chat(args.message, args.conversation, args.model)

@@ -22,6 +22,7 @@ from service.client.events import (
     parse_event,
     usage_of,
 )
+from service.client.ws import Unreachable, WsTransport
 
 API = "/api/v1/ai"
 CHAT_READ_TIMEOUT = 330.0  # a non-streaming reply arrives whole, after up to the server's 300 s stream cap
@@ -40,16 +41,24 @@ class ChatClient:
         timeout: float = 30.0,
         max_retries: int = 3,
         backoff: float = 0.5,
+        transport: str = "sse",
     ) -> None:
+        """``transport``: ``"sse"`` (a request per turn) or ``"ws"`` (every turn over one WebSocket; needs
+        simple-websocket). The events, errors and retries are the same either way."""
+        if transport not in ("sse", "ws"):
+            raise ValueError(f"transport must be 'sse' or 'ws', not {transport!r}")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.http = httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout)
         self.timeout, self.max_retries, self.backoff = timeout, max_retries, backoff
         self.last_event_id: str | None = None  # of the current stream: what a resume sends as Last-Event-ID
+        self.ws = WsTransport(base_url.rstrip("/"), token, timeout, max_retries, backoff) if transport == "ws" else None
 
     def __enter__(self) -> ChatClient:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self.ws is not None:
+            self.ws.close()
         self.http.close()
 
     def _request(self, method: str, path: str, retries: int | None = None, **kwargs: Any) -> httpx.Response:
@@ -103,6 +112,9 @@ class ChatClient:
         ``chat()``'s reply as events. A ``server_shutdown`` error is resumed, and yielded only if that fails.
         """
         body = _body(message, conversation_id, model)
+        if self.ws is not None:
+            yield from self._stream_ws(body)
+            return
         self.last_event_id, stream_id, seen, attempt = None, None, -1, 0
         shutdown: StreamError | None = None
         while True:
@@ -149,6 +161,16 @@ class ChatClient:
                     raise ConnectionFailed("connection_failed", f"The stream was lost and not resumed ({exc})") from exc
                 time.sleep(self.backoff * 2 ** (attempt - 1))
         yield from self._fallback(body)
+
+    def _stream_ws(self, body: dict[str, Any]) -> Iterator[Event]:
+        """Over the WebSocket; a turn that cannot reach it at all falls back to ``chat()`` as over SSE."""
+        assert self.ws is not None
+        try:
+            for event in self.ws.stream(body):
+                self.last_event_id = self.ws.last_event_id
+                yield event
+        except Unreachable:
+            yield from self._fallback(body)
 
     def _connect(self, body: dict[str, Any], stream_id: str | None, seen: int) -> Any:
         if stream_id is None:

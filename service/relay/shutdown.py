@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import signal
+from collections.abc import Callable
 from typing import Any
 
 import gevent
@@ -20,12 +21,30 @@ from service.relay.registry import StreamRegistry
 log = logging.getLogger(__name__)
 
 
+class Draining:
+    """Whether this worker is draining, and who wants to know when it starts: an open WebSocket with no stream
+    running has nothing to finish, and would otherwise hold the worker for the whole graceful timeout."""
+
+    def __init__(self) -> None:
+        self.started = False
+        self.listeners: set[Callable[[], None]] = set()
+
+    def start(self) -> None:
+        self.started = True
+        for listener in list(self.listeners):
+            listener()
+
+
+draining = Draining()
+
+
 def drain_on_sigterm(registry: StreamRegistry, drain_seconds: float) -> None:
     """Install the hook; gunicorn's own SIGTERM handler still runs after it."""
     previous = signal.getsignal(signal.SIGTERM)
 
     def on_sigterm(signum: int, frame: Any) -> None:
         log.info("draining: %d streams may run %g s more", len(registry.running()), drain_seconds)
+        gevent.spawn(draining.start)  # in a greenlet: listeners may write to sockets
         gevent.spawn_later(drain_seconds, _end_all, registry)
         if callable(previous):
             previous(signum, frame)

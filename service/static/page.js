@@ -16,6 +16,7 @@ import { conversationInUrl, forgetRunningStream, rememberRunningStream, runningS
 import { element, messageElement, savedMessageElement } from "./reply-view.js";
 import { conversationTitle, UNTITLED } from "./title.js";
 import { Turn } from "./turn.js";
+import { bindSetting as bindTransportSetting } from "./ws.js";
 
 export const DEFAULT_MAX_MESSAGES = 200;
 
@@ -103,6 +104,7 @@ class ChatPage {
   start() {
     const { el } = this;
     el.token.value = savedToken();
+    bindTransportSetting(document.getElementById("use-websocket"));
     el.token.addEventListener("change", () => this.saveToken());
     el.tokenForm.addEventListener("submit", (event) => {
       event.preventDefault();

@@ -15,6 +15,7 @@ import { ApiError, cancelStream, chatOnce, errorFromResponse, getConversation, o
 import { describeError } from "./errors.js";
 import { NOT_FINISHED, ReplyView } from "./reply-view.js";
 import { readEvents } from "./sse.js";
+import * as overWebSocket from "./ws.js";
 
 export const RETRY_LIMIT = 3;
 export const RETRY_BASE_MS = 300;
@@ -127,7 +128,8 @@ export class Turn {
     try {
       let response;
       try {
-        response = resuming ? await resumeStream(this.streamId, this.lastEventId, signal) : await openStream(this.body(), signal);
+        const streams = overWebSocket.webSocketChosen() ? overWebSocket : { openStream, resumeStream }; // the setting
+        response = resuming ? await streams.resumeStream(this.streamId, this.lastEventId, signal) : await streams.openStream(this.body(), signal);
       } catch (error) {
         if (this.stopped) throw error;
         return "lost";
