@@ -287,6 +287,10 @@ class TokenTotalsSchema(Schema):
         data_key="cachedTokens",
         metadata={"description": "The total tokens of the cached replies (in `totalTokens`): no provider was paid."},
     )
+    reasoning_tokens = fields.Integer(
+        data_key="reasoningTokens",
+        metadata={"description": "Completion tokens a reasoning model spent thinking (in `completionTokens`)."},
+    )
 
 
 class UsageGroupSchema(Schema):

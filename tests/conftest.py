@@ -17,6 +17,36 @@ from tests.servers import GunicornServer
 
 ServerFactory = Callable[..., GunicornServer]
 
+# Test files that time things to tens of milliseconds, count a process's resources, or load both cores: scripts/test
+# runs them on their own after the others, which run on several workers at once.
+SERIAL_FILES = frozenset(
+    {
+        "api/test_chat_stream.py",
+        "llm/test_local_server.py",
+        "store/test_database.py",
+        "test_browser.py",
+        "test_browser_markdown.py",
+        "test_drain.py",
+        "test_hostile_clients.py",
+        "test_local_model.py",
+        "test_metrics_host.py",
+        "test_nginx.py",
+        "test_no_cycles.py",
+        "test_no_leaks.py",
+        "test_resume_grace.py",
+        "test_slow_headers.py",
+        "test_soak.py",
+        "test_ws_no_leaks.py",
+    }
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    tests = Path(__file__).parent
+    for item in items:
+        if item.path.relative_to(tests).as_posix() in SERIAL_FILES:
+            item.add_marker(pytest.mark.serial)
+
 
 @pytest.fixture(scope="session")
 def upstream() -> Iterator[FakeUpstream]:

@@ -20,7 +20,10 @@ def settings_for(monkeypatch: pytest.MonkeyPatch, **env: str) -> dict[str, objec
     names = ("GUNICORN_BIND", "WEB_CONCURRENCY", "GUNICORN_WORKER_CONNECTIONS", "GUNICORN_TIMEOUT", "LOG_LEVEL")
     for name in ("GUNICORN_ACCESS_LOG", "GUNICORN_GRACEFUL_TIMEOUT", "STREAM_MAX_SECONDS"):
         monkeypatch.delenv(name, raising=False)
-    for name in (*names, "GEVENT_RESOLVER", "GEVENT_TRACK_GREENLET_TREE"):
+    # the file sets these in os.environ for the workers it starts; monkeypatch takes them back after the test,
+    # so that no later test in this process runs with multiprocess metrics or the local model's address
+    set_by_the_file = ("PROMETHEUS_MULTIPROC_DIR", "OPENAI_BASE_URL", "OPENAI_API_KEY", "LOCAL_MODEL_URL")
+    for name in (*names, "GEVENT_RESOLVER", "GEVENT_TRACK_GREENLET_TREE", *set_by_the_file):
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)

@@ -5,6 +5,7 @@ is shared across hosts; the cache is off by default; and errors or cut replies a
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -308,3 +309,28 @@ def test_an_entry_this_version_did_not_write_is_a_miss() -> None:
     assert CachedReply.decode(reply.encode()) == reply
     for stored in (b"", b"not json", b"{}", b"[[], 1, 2, false]", b"[[1], 1, 2, false]", b'[["a"], 1]'):
         assert CachedReply.decode(stored) is None, stored
+
+
+def test_a_cached_reply_is_byte_exact(cached_server: GunicornServer, upstream: FakeUpstream) -> None:
+    """The replay's bytes: the first reply's token events, ``"cached":true`` last in the metadata."""
+    marker, message = marked("#tokens=2")
+    stream(cached_server.url, {"message": message})
+    with (
+        httpx.Client(timeout=10) as client,
+        client.stream("POST", cached_server.url + "/api/v1/ai/chat/stream", json={"message": message}) as response,
+    ):
+        body = response.read().decode()
+    assert upstream_calls(upstream, marker) == 1
+    sid = re.search(r'"streamId":"([0-9a-f]{32})"', body)
+    assert sid is not None
+    uuid_ = "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+    pattern = (
+        r"retry: 3000\n\n"
+        rf'id: {sid[1]}:0\ndata: \{{"type":"metadata","streamId":"{sid[1]}","conversationId":"{uuid_}",'
+        rf'"messageId":"{uuid_}","model":"test-model","requestId":"[^"]+","cached":true\}}\n\n'
+        rf'id: {sid[1]}:1\ndata: \{{"type":"token","content":"Baby"\}}\n\n'
+        rf'id: {sid[1]}:2\ndata: \{{"type":"token","content":" sleep"\}}\n\n'
+        rf'id: {sid[1]}:3\ndata: \{{"type":"done","finishReason":"stop","usage":\{{"promptTokens":12,'
+        r'"completionTokens":2,"totalTokens":14\},"tokensPerSecond":[0-9.]+\}\n\n'
+    )
+    assert re.fullmatch(pattern, body), body

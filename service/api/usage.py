@@ -32,6 +32,7 @@ class Totals:
     estimated_replies: int = 0
     cached_replies: int = 0
     cached_tokens: int = 0
+    reasoning_tokens: int = 0
 
     def add(self, row: UsageTotals | Totals) -> None:
         self.replies += row.replies
@@ -41,6 +42,7 @@ class Totals:
         self.estimated_replies += row.estimated_replies
         self.cached_replies += row.cached_replies
         self.cached_tokens += row.cached_tokens
+        self.reasoning_tokens += row.reasoning_tokens
 
 
 @dataclass

@@ -32,6 +32,7 @@ class UsageTotals:
     estimated_replies: int  # replies whose counts are the service's estimate (the provider sent none)
     cached_replies: int = 0  # replies answered from the response cache: no provider call
     cached_tokens: int = 0  # the total tokens of those replies (counted in ``total_tokens`` too)
+    reasoning_tokens: int = 0  # completion tokens a reasoning model spent thinking (in ``completion_tokens`` too)
 
 
 class UsageStore:
@@ -55,6 +56,7 @@ class UsageStore:
                 func.sum(estimated),
                 func.sum(cached),
                 func.sum(cached_tokens),
+                func.sum(func.coalesce(usage.c.reasoning_tokens, 0)),
             )
             .where(usage.c.created_at >= start, usage.c.created_at < end)
             .group_by(key, usage.c.streamed)
@@ -74,8 +76,9 @@ class UsageStore:
                 int(guessed),
                 int(hits or 0),
                 int(hit_tokens or 0),
+                int(thoughts or 0),
             )
-            for group, streamed, count, prompt, completion, total, guessed, hits, hit_tokens in rows
+            for group, streamed, count, prompt, completion, total, guessed, hits, hit_tokens, thoughts in rows
         ]
 
     def _day(self) -> ColumnElement[str]:

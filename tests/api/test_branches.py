@@ -36,7 +36,8 @@ def client(server_factory: ServerFactory) -> Iterator[httpx.Client]:
 def sent_for(upstream: FakeUpstream, marker: str) -> dict[str, Any]:
     """The body of the upstream request whose newest message holds ``marker``."""
     with upstream.recorder.lock:
-        found = [item["body"] for item in upstream.recorder.requests if marker in str(item["body"]["messages"][-1])]
+        chats = [item["body"] for item in upstream.recorder.requests if "messages" in item["body"]]  # not moderations
+        found = [body for body in chats if marker in str(body["messages"][-1])]
     assert found, f"the upstream saw no request for {marker!r}"
     return found[-1]
 

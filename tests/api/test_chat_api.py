@@ -28,7 +28,8 @@ def test_fallback_returns_the_whole_reply_and_saves_it(client: FlaskClient) -> N
     assert body["content"] == "Baby sleep patterns change"
     assert body["finishReason"] == "stop"
     assert body["usage"] == {"promptTokens": 12, "completionTokens": 4, "totalTokens": 16}
-    assert set(body) == {"conversationId", "messageId", "content", "model", "finishReason", "usage"}
+    assert set(body) == {"conversationId", "messageId", "content", "model", "finishReason", "usage", "cached"}
+    assert body["cached"] is False
     saved = client.get(f"/api/v1/ai/conversations/{body['conversationId']}").get_json()
     assert [message["content"] for message in saved["messages"]] == ["whole please #tokens=4", body["content"]]
 

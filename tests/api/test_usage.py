@@ -65,6 +65,19 @@ def test_each_reply_is_counted_streaming_and_not_apart(client: FlaskClient) -> N
     assert by_model["total"] == report["total"]
 
 
+def test_reasoning_tokens_are_counted_apart_within_completion(client: FlaskClient) -> None:
+    carol = bearer(f"carol-{uuid.uuid4()}")
+    reply(client, carol, "think #reasoning=3 #tokens=2")
+    reply(client, carol, "think more #reasoning=4 #tokens=1", streamed=False)
+    reply(client, carol, "plain #tokens=5")
+
+    total = client.get(USAGE, headers=carol).get_json()["total"]
+    assert total["streaming"]["reasoningTokens"] == 3
+    assert total["streaming"]["completionTokens"] == 3 + 2 + 5
+    assert total["nonStreaming"]["reasoningTokens"] == 4
+    assert total["nonStreaming"]["completionTokens"] == 4 + 1
+
+
 def test_the_range_is_the_callers_to_choose_and_checked(client: FlaskClient) -> None:
     bob = bearer(f"bob-{uuid.uuid4()}")
     reply(client, bob, "counted #tokens=2")

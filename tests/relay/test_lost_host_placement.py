@@ -43,7 +43,7 @@ def test_a_lost_regenerate_is_saved_as_a_sibling(upstream: FakeUpstream, tmp_pat
     assert all(isinstance(value, str) for value in record.values())
     upstream_stream.close()
 
-    _save(store, record, "Baby", 1)
+    _save(store, record, "Baby", 1, None, 0)
 
     read = store.read(conversation, user)
     assert read is not None and read.all_messages is not None and read.messages is not None
