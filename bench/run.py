@@ -129,8 +129,14 @@ def start_upstream() -> tuple[subprocess.Popen[bytes], int]:
 
 
 def start_service(
-    upstream_port: int, workers: int, folder: str, redis_url: str | None = None
+    upstream_port: int,
+    workers: int,
+    folder: str,
+    redis_url: str | None = None,
+    overrides: dict[str, str] | None = None,
 ) -> tuple[subprocess.Popen[bytes], int]:
+    """The service under gunicorn with ``workers`` gevent workers, every limit raised; ``overrides`` (another
+    upstream, say) go over the environment built here."""
     port = free_port()
     shared = {"REDIS_URL": redis_url} if redis_url else {}  # limits, slots, budgets, the mirror and leases
     env = {
@@ -147,6 +153,7 @@ def start_service(
         "MAX_STREAMS_PER_USER": "100000",
         "LOG_LEVEL": "warning",
         **shared,
+        **(overrides or {}),
     }
     log = open(Path(folder) / f"gunicorn-{workers}.log", "ab")  # noqa: SIM115 - closed with the process
     process = subprocess.Popen(
