@@ -7,6 +7,7 @@ import os
 import re
 import runpy
 import time
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -16,14 +17,22 @@ from tests.conftest import ServerFactory
 from tests.servers import ROOT
 
 
+@pytest.fixture(autouse=True)
+def environment_taken_back() -> Iterator[None]:
+    """The file sets variables in os.environ for the workers it starts (the metrics folder, the local model's
+    address); monkeypatch only restores what it changed itself, so the whole environment is put back after each
+    test, or a later test in this process would find multiprocess metrics on."""
+    before = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(before)
+
+
 def settings_for(monkeypatch: pytest.MonkeyPatch, **env: str) -> dict[str, object]:
     names = ("GUNICORN_BIND", "WEB_CONCURRENCY", "GUNICORN_WORKER_CONNECTIONS", "GUNICORN_TIMEOUT", "LOG_LEVEL")
     for name in ("GUNICORN_ACCESS_LOG", "GUNICORN_GRACEFUL_TIMEOUT", "STREAM_MAX_SECONDS"):
         monkeypatch.delenv(name, raising=False)
-    # the file sets these in os.environ for the workers it starts; monkeypatch takes them back after the test,
-    # so that no later test in this process runs with multiprocess metrics or the local model's address
-    set_by_the_file = ("PROMETHEUS_MULTIPROC_DIR", "OPENAI_BASE_URL", "OPENAI_API_KEY", "LOCAL_MODEL_URL")
-    for name in (*names, "GEVENT_RESOLVER", "GEVENT_TRACK_GREENLET_TREE", *set_by_the_file):
+    for name in (*names, "GEVENT_RESOLVER", "GEVENT_TRACK_GREENLET_TREE", "PROMETHEUS_MULTIPROC_DIR"):
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)

@@ -31,7 +31,8 @@ def test_not_ready_while_the_local_model_does_not_answer(
 
 
 def test_metrics_are_prometheus_text(client: FlaskClient) -> None:
-    client.post("/api/v1/ai/chat", json={"message": "count me #tokens=3"})
+    answered = client.post("/api/v1/ai/chat", json={"message": "count me #tokens=3"})
+    assert answered.status_code == 200, answered.get_data(as_text=True)
     text = client.get("/metrics").get_data(as_text=True)
     assert 'chat_streams_started_total{model="gpt-4o-mini"} 1.0' in text
     assert 'chat_streams_ended_total{model="gpt-4o-mini",outcome="done"} 1.0' in text
