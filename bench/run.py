@@ -12,9 +12,11 @@ With ``--repeat N`` every row runs N times, the relays taking turns, and each fi
     .venv/bin/python -m bench.run --scenarios S1,S3 --workers 1
     .venv/bin/python -m bench.run --scenarios S5,S1w --workers 1   # short replies; the one-write extra row
     .venv/bin/python -m bench.run --scenarios S1,S1ws --workers 1 --node off   # SSE against WebSocket
+    .venv/bin/python -m bench.run --scenarios S6 --workers 2 --node off         # 10,000 streams on one host
 
-The default scenarios are S1-S5; S1w (each reply in one upstream write) and S1ws (S1 over the WebSocket endpoint)
-run only when named. The ``direct`` and ``node`` rows are skipped for S1ws: they have no WebSocket.
+The default scenarios are S1-S5; S6 (10,000 streams at once: more open files than one process may have here, so
+``--workers 2``), S1w (each reply in one upstream write) and S1ws (S1 over the WebSocket endpoint) run only when
+named. The ``direct`` and ``node`` rows are skipped for S1ws: they have no WebSocket.
 """
 
 from __future__ import annotations
@@ -58,6 +60,9 @@ SCENARIOS = {
     "S3": Scenario("S3", 1000, 50, 300, 0.0, "50 concurrent x 300 tokens, no delay (20 rounds)"),
     "S4": Scenario("S4", 5000, 5000, 50, 0.1, "5,000 concurrent x 50 tokens at 100 ms"),
     "S5": Scenario("S5", 3000, 20, 5, 0.0, "short replies: 20 concurrent x 5 tokens, no delay (3,000 requests)"),
+    "S6": Scenario(
+        "S6", 10000, 10000, 20, 0.5, "10,000 concurrent x 20 tokens at 500 ms (one host: run with --workers 2)"
+    ),
     "S1w": Scenario("S1w", 100, 1, 200, 0.0, "S1 with each reply in one upstream write (no provider does this)", True),
     "S1ws": Scenario("S1ws", 100, 1, 200, 0.0, "S1 over the WebSocket: 100 turns on one socket", target="ws"),
 }
