@@ -244,13 +244,16 @@ class LiveStream:
         queue: SimpleQueue[bytes] = SimpleQueue(FOLLOWER_QUEUE_LIMIT)
         yield retry_field()
         backlog = self._backlog(after)
-        if not self.done:
+        following = not self.done
+        if following:
             self.readers.append(queue)
             self.unread_since = None
         try:
             if backlog:
                 yield backlog
-            if self.done:
+            # A reader taken on follows its queue to END even if the stream ended while the backlog was written:
+            # what was published meanwhile (the last events, or ``reader_behind``) is in the queue, not the backlog.
+            if not following:
                 return
             get, ready = queue.get, queue.qsize
             while True:

@@ -31,7 +31,7 @@ export function messageElement(role, text) {
 }
 
 /** The reply's text as Markdown, timing each render (`renderStats`: what the 50 ms display interval allows). */
-export const renderStats = { count: 0, totalMs: 0, maxMs: 0, maxChars: 0 };
+export const renderStats = { count: 0, totalMs: 0, maxMs: 0, maxChars: 0, overInterval: 0 };
 
 /** Run `render` (one Markdown render of `text`), counting it in `renderStats`. */
 function timed(text, render) {
@@ -41,6 +41,7 @@ function timed(text, render) {
   renderStats.count += 1;
   renderStats.totalMs += took;
   if (took > renderStats.maxMs) renderStats.maxMs = took;
+  if (took > FLUSH_INTERVAL_MS) renderStats.overInterval += 1;
   if (text.length > renderStats.maxChars) renderStats.maxChars = text.length;
 }
 
