@@ -73,7 +73,7 @@ def test_regenerate_with_another_model_makes_a_sibling_and_the_arrows_switch_bra
     expect(picker).to_be_visible()
     expect(picker.locator("option")).to_have_count(2)
     expect(picker).to_have_value("test-model")
-    first, second = f"{marker('first')} #tokens=2", f"{marker('second')} #tokens=3"
+    first, second = f"{marker('first')} #tokens=2", f"{marker('second')} #tokens=3 #delay=0.2"
     for text in (first, second):
         send(tab, text)
         wait_finished(tab)
@@ -86,7 +86,10 @@ def test_regenerate_with_another_model_makes_a_sibling_and_the_arrows_switch_bra
 
     picker.select_option("other-model")
     replies.last.locator(".message-regenerate").click()
+    actions = tab.locator("#messages .message-actions button")
+    expect(actions.first).to_have_attribute("aria-disabled", "true")  # one turn at a time: greyed while it streams
     wait_finished(tab)
+    expect(actions.first).not_to_have_attribute("aria-disabled", "true")
     expect(replies.last.locator(".branch-position")).to_have_text("2 / 2")
     expect(replies.last.locator(".meta")).to_contain_text("other-model")
     assert shown_messages(tab) == [

@@ -183,6 +183,13 @@ class ChatPage {
 
   setBusy(busy) {
     this.el.send.disabled = busy;
+    // One turn at a time: while a reply streams, the saved messages' Edit, Regenerate and version arrows do
+    // nothing, so they say so (greyed, aria-disabled) rather than ignore a click.
+    this.el.messages.classList.toggle("busy", busy);
+    for (const button of this.el.messages.querySelectorAll(".message-actions button")) {
+      if (busy) button.setAttribute("aria-disabled", "true");
+      else button.removeAttribute("aria-disabled");
+    }
     this.el.stop.hidden = !busy;
     this.el.stop.disabled = false;
     this.el.pause.hidden = !busy;
