@@ -191,6 +191,38 @@ def test_stalled_clients_do_not_slow_the_other_streams(server_factory: ServerFac
             sock.close()
 
 
+def test_a_reader_whose_backlog_write_outlasts_the_stream_still_gets_its_end(
+    server_factory: ServerFactory, upstream: FakeUpstream
+) -> None:
+    """A follower joins while the model is silent, with a 6 MB backlog (more than the socket buffers hold), and
+    reads nothing until the stream has ended: once it reads, it gets the backlog, the tokens that came meanwhile and
+    ``done``, not a body that stops after the backlog."""
+    server = start(server_factory, SEND_TIMEOUT_SECONDS="60")
+    with (
+        httpx.Client(timeout=30) as client,
+        client.stream(
+            "POST", server.url + STREAM, json={"message": "long first #big=6000000 #tokens=3 #silence=2"}
+        ) as owner,
+    ):
+        events = read_events(owner)
+        stream_id = next(events).data["streamId"]
+        assert next(events).type == "token"  # the 6 MB token is out; the model is silent for 2 s
+        follower = stalled_client(server, "", f"{STREAM}/{stream_id}", f"{stream_id}:0")
+        try:
+            assert [event.type for event in events] == ["token", "token", "done"]
+            received = read_to_end(follower, within=20)
+        finally:
+            follower.close()
+    blocks = [block for block in dechunked(received).split(b"\n\n") if block]
+    assert [re.search(rb'"type":"(\w+)"', block)[1] for block in blocks[1:]] == [  # type: ignore[index]
+        b"token",
+        b"token",
+        b"token",
+        b"done",
+    ]
+    assert blocks[-1].startswith(f"id: {stream_id}:4\n".encode())
+
+
 def test_a_reader_that_falls_behind_is_let_go_and_the_stream_goes_on(
     server_factory: ServerFactory, upstream: FakeUpstream
 ) -> None:
