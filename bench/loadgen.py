@@ -53,19 +53,24 @@ def _ws_chat_frame(message: str) -> bytes:
 def _request(target: str, host: str, tokens: int, delay: float, one_write: bool = False) -> bytes:
     message = _message(tokens, delay, one_write)
     if target == "service":
-        path, body = "/api/v1/ai/chat/stream", json.dumps({"message": message})
-    else:
-        payload = {"model": "bench", "messages": [{"role": "user", "content": message}], "stream": True}
-        path, body = "/v1/chat/completions", json.dumps(payload)
+        return post_request(host, "/api/v1/ai/chat/stream", {"message": message})
+    payload = {"model": "bench", "messages": [{"role": "user", "content": message}], "stream": True}
+    return post_request(host, "/v1/chat/completions", payload)
+
+
+def post_request(host: str, path: str, payload: dict[str, object]) -> bytes:
+    """A whole HTTP/1.1 POST of ``payload`` as JSON, asking for an event stream, one connection per request."""
+    body = json.dumps(payload)
     return (
         f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nAccept: text/event-stream\r\n"
         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n{body}"
     ).encode()
 
 
-class _StreamReader(asyncio.Protocol):
+class StreamReader(asyncio.Protocol):
     """Counts token events as bytes arrive (no stream reader, no copy of the body): the load generator shares
-    the machine's two cores with the relay, so every microsecond it spends per token is one the relay lacks."""
+    the machine's two cores with the relay, so every microsecond it spends per token is one the relay lacks.
+    ``ttft`` is the first token's time after ``started``, ``last`` the clock when the last one came."""
 
     def __init__(self, request: bytes, token: bytes, done: bytes, started: float) -> None:
         self.request, self.token, self.done_marker, self.started = request, token, done, started
@@ -73,6 +78,7 @@ class _StreamReader(asyncio.Protocol):
         self.overlap = max(len(token), len(done)) - 1
         self.count = 0
         self.ttft = 0.0
+        self.last = 0.0
         self.finished = False
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.transport: asyncio.Transport | None = None
@@ -84,8 +90,10 @@ class _StreamReader(asyncio.Protocol):
     def data_received(self, chunk: bytes) -> None:
         data = self.carry + chunk
         found = data.count(self.token) - self.carry.count(self.token)
-        if found and not self.count:
-            self.ttft = time.perf_counter() - self.started
+        if found:
+            self.last = time.perf_counter()
+            if not self.count:
+                self.ttft = self.last - self.started
         self.count += found
         if self.done_marker in data:
             self.finished = True
@@ -186,7 +194,7 @@ async def one_stream(target: str, host: str, port: int, request: bytes, connect:
     token, done = MARKERS[target]
     started = time.perf_counter()
     loop = asyncio.get_running_loop()
-    reader = _StreamReader(request, token, done, started)
+    reader = StreamReader(request, token, done, started)
     try:
         async with connect:
             await loop.create_connection(lambda: reader, host, port)

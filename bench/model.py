@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
 import sys
@@ -26,6 +25,7 @@ import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from bench.loadgen import StreamReader, post_request
 from bench.run import start_service
 from service.config import DEFAULT_SYSTEM_PROMPT, LOCAL_MODEL_NAME
 from service.local_model import LocalModelOptions, LocalModelServer
@@ -52,43 +52,6 @@ class Timing:
     rate: float  # tokens a second from the first token to the last
 
 
-class _Reader(asyncio.Protocol):
-    """Times token markers as bytes arrive: the first one, the last one and how many."""
-
-    def __init__(self, request: bytes, marker: bytes, end: bytes) -> None:
-        self.request, self.marker, self.end = request, marker, end
-        self.carry = b""
-        self.overlap = max(len(marker), len(end)) - 1
-        self.count = 0
-        self.first = self.last = 0.0
-        self.finished = False
-        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        transport.write(self.request)  # type: ignore[attr-defined]
-
-    def data_received(self, chunk: bytes) -> None:
-        now = time.perf_counter()
-        data = self.carry + chunk
-        found = data.count(self.marker) - self.carry.count(self.marker)
-        if found:
-            if not self.count:
-                self.first = now
-            self.last = now
-            self.count += found
-        if self.end in data:
-            self.finished = True
-            assert self.transport is not None
-            self.transport.close()
-        self.carry = data[-self.overlap :]
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.closed.done():
-            self.closed.set_result(None)
-
-
 def request_bytes(target: str, host: str, message: str, max_tokens: int) -> bytes:
     body: dict[str, object]
     if target == "service":
@@ -103,26 +66,23 @@ def request_bytes(target: str, host: str, message: str, max_tokens: int) -> byte
             "stream_options": {"include_usage": True},
             "max_tokens": max_tokens,
         }
-    payload = json.dumps(body)
-    return (
-        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nAccept: text/event-stream\r\n"
-        f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n{payload}"
-    ).encode()
+    return post_request(host, path, body)
 
 
 async def one_stream(target: str, url: str, message: str, max_tokens: int) -> Timing:
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
-    reader = _Reader(request_bytes(target, f"{host}:{port}", message, max_tokens), MARKERS[target], END[target])
+    request = request_bytes(target, f"{host}:{port}", message, max_tokens)
     started = time.perf_counter()
+    reader = StreamReader(request, MARKERS[target], END[target], started)
     try:
         await asyncio.get_running_loop().create_connection(lambda: reader, host, port)
         await asyncio.wait_for(reader.closed, 300)
     except (OSError, TimeoutError):
         return Timing(False, reader.count, 0.0, 0.0)
-    span = reader.last - reader.first
+    span = reader.last - (started + reader.ttft)
     rate = (reader.count - 1) / span if reader.count > 1 and span > 0 else 0.0
-    return Timing(reader.finished and reader.count > 0, reader.count, reader.first - started, rate)
+    return Timing(reader.finished and reader.count > 0, reader.count, reader.ttft, rate)
 
 
 async def one_round(target: str, url: str, messages: list[str], max_tokens: int) -> list[Timing]:

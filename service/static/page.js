@@ -185,7 +185,6 @@ class ChatPage {
     this.el.send.disabled = busy;
     // One turn at a time: while a reply streams, the saved messages' Edit, Regenerate and version arrows do
     // nothing, so they say so (greyed, aria-disabled) rather than ignore a click.
-    this.el.messages.classList.toggle("busy", busy);
     for (const button of this.el.messages.querySelectorAll(".message-actions button")) {
       if (busy) button.setAttribute("aria-disabled", "true");
       else button.removeAttribute("aria-disabled");
