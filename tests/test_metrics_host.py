@@ -105,7 +105,9 @@ def test_refusals_are_counted_by_limit(server_factory: ServerFactory) -> None:
 
 def test_scraping_stalls_no_stream(server_factory: ServerFactory) -> None:
     """Streams of a token every 20 ms, with and without a scrape every 100 ms: no gap between tokens grows by
-    more than 20 ms."""
+    more than 20 ms. A scrape that held the event loop (50-100 ms when it read every worker's files there) would
+    stretch a gap in every try; one moment of this 2-core machine being busy stretches one try's, so the
+    comparison gets three tries and one clean one passes."""
     server = server_factory(workers=2)
     message = "steady #tokens=60 #delay=0.02"
 
@@ -114,19 +116,26 @@ def test_scraping_stalls_no_stream(server_factory: ServerFactory) -> None:
             runs = list(pool.map(lambda _: token_times(server.url, message), range(6)))
         return max(later - earlier for times in runs for earlier, later in itertools.pairwise(times))
 
-    calm = worst_gap()
-    stop = threading.Event()
+    def scraped_meanwhile() -> float:
+        stop = threading.Event()
 
-    def scraper() -> None:
-        while not stop.is_set():
-            scrape(server)
-            stop.wait(0.1)
+        def scraper() -> None:
+            while not stop.is_set():
+                scrape(server)
+                stop.wait(0.1)
 
-    thread = threading.Thread(target=scraper)
-    thread.start()
-    try:
-        busy = worst_gap()
-    finally:
-        stop.set()
-        thread.join()
-    assert busy <= calm + 0.020, (calm, busy)
+        thread = threading.Thread(target=scraper)
+        thread.start()
+        try:
+            return worst_gap()
+        finally:
+            stop.set()
+            thread.join()
+
+    tries = []
+    for _ in range(3):
+        calm, busy = worst_gap(), scraped_meanwhile()
+        tries.append((calm, busy))
+        if busy <= calm + 0.020:
+            break
+    assert any(busy <= calm + 0.020 for calm, busy in tries), tries
