@@ -103,8 +103,7 @@ class UpstreamStream:
                 if self._take_all(raw, texts):
                     # the last event need not wait for the body's end
                     self._finished = True
-                    reader.settimeout(DRAIN_SECONDS)  # no watchdog follows the drain: bound its waits
-                    self._drained = gevent.spawn(_drain, reader, response.close)
+                    self._end_body(reader, response)
                     break
                 if self._failure is not None and not texts:
                     raise self._pop_failure()
@@ -128,6 +127,21 @@ class UpstreamStream:
                 yield texts
         finally:
             self.close()
+
+    def _end_body(self, reader: BodyReader, response: httpx2.Response) -> None:
+        """After ``[DONE]``: a body whose end came in the same read is closed now (its connection goes back to
+        the pool); else a greenlet drains it, so the last event does not wait for the provider's last bytes."""
+        try:
+            while rest := reader.read(wait=False):
+                pass
+        except (httpx2.HTTPError, h11.ProtocolError, OSError):
+            rest = None  # a body cut short after [DONE]: closing throws its connection away
+        if rest is None:
+            self._response = None
+            response.close()
+            return
+        reader.settimeout(DRAIN_SECONDS)  # no watchdog follows the drain: bound its waits
+        self._drained = gevent.spawn(_drain, reader, response.close)
 
     def _pop_failure(self) -> ServiceError:
         failure, self._failure = self._failure, None
