@@ -263,8 +263,9 @@ class StreamingService:
         self._open_options: openai.RequestOptions = {}
         if response_timeout is not None:
             self._open_options["timeout"] = httpx2.Timeout(response_timeout, connect=configured.connect)
-        # The SDK caches its platform headers on first use, and computing them runs `uname -p` in a subprocess:
-        # warm it now, or a worker's first burst of requests forks once per concurrent request.
+        # A plain SDK client caches its platform headers on first use, and computing them runs `uname -p` in a
+        # subprocess: warm it now, or a worker's first burst of requests forks once per concurrent request (the
+        # clients of ``service.llm.providers`` send none, and this costs them nothing).
         client.platform_headers()
 
     def open(self, request: CompletionRequest) -> UpstreamStream:
