@@ -107,6 +107,7 @@ class LiveStream:
                     first_unwritten = False
                     if self.on_first_token is not None:
                         self.on_first_token(self.chat)
+            self.writing_since = time.monotonic()  # what gunicorn writes next, the body's end, is guarded too
         finally:
             events.close()  # a stream cut short is finished here: upstream closed, partial reply saved
             self.end()

@@ -125,11 +125,15 @@ class GuardedBody:
             self.writing_since = time.monotonic()
             yield item
             self.writing_since = None
+        # what the server writes next, the response's end, is guarded too (until ``close``): a reader let go for
+        # falling behind may have stopped reading just as its last event went out
+        self.writing_since = time.monotonic()
 
     def stalled(self, seconds: float) -> None:
         log.info("a stream's reader read nothing for %.0f s: its connection is closed", seconds)
 
     def close(self) -> None:
+        self.writing_since = None
         if self.watched is not None:
             self.guard.forget(self.watched)
             self.watched = None

@@ -64,7 +64,7 @@ class Watchdog:
             self.reader = self.loop.io(client.fileno(), 1)
             self.reader.start(self._on_readable)
             self.guarded = send_guard(timing.send_timeout).watch(live, client)
-        live.on_done.append(self.close)
+        live.on_done.append(self._stream_ended)
         live.rearm = self._arm
         # this timer ends a silent stream (idle timeout) before any read timeout would: the upstream's reads
         # need no timer of their own (gevent arms and cancels one per wait otherwise)
@@ -91,7 +91,7 @@ class Watchdog:
     def _on_timer(self) -> None:
         live, timing = self.live, self.timing
         if live.done:
-            self.close()
+            self._stream_ended()
             return
         now = time.monotonic()
         if live.writing_since is None and now - live.last_token_at >= timing.idle_timeout:
@@ -151,8 +151,13 @@ class Watchdog:
             self.guarded = None
         self.client = None
 
-    def close(self) -> None:
-        self.release_client()
+    def _stream_ended(self) -> None:
+        """The stream is over: its timer and the client's read watcher go. The send guard stays on the client until
+        the server has written the response's end (``release_client``): that write, too, may meet a client that
+        stopped reading, and without the guard it would wait for as long as the client stays connected."""
+        if self.reader is not None:
+            self.reader.close()
+            self.reader = None
         if self.timer is not None:
             self.timer.close()
             self.timer = None
