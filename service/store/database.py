@@ -6,10 +6,10 @@ connection that never waits: no busy timeout (a lock held by another process fai
 checkpoint (the one step of a WAL commit that syncs the disk). That is the common case, and it costs a fraction of
 handing the work to a thread: the handover, and the two threads taking the interpreter from each other, cost more
 CPU than the statements (about 0.8 ms of a short chat request's 4 ms). A unit that finds the database locked is
-rolled back and run again on one native thread of the worker's own, over a connection that waits for the lock as
-before; that thread also checkpoints the WAL every ``CHECKPOINT_EVERY`` commits made on the hub. Each is one kept
-connection: opening one per unit of work cost ~2 ms of CPU a stream. WAL mode lets other processes read while one
-writes.
+rolled back and run again on one native thread of the worker's own, over a connection that waits for the lock
+(``busy_timeout``); that thread also checkpoints the WAL every ``CHECKPOINT_EVERY`` commits made on the hub. Each is
+one kept connection: opening one per unit of work cost ~2 ms of CPU a stream. WAL mode lets other processes read
+while one writes.
 
 A database that is away is one error, ``DatabaseUnavailable`` (503, retryable), whatever the driver said: the views
 answer it as such, and a save that meets it goes to the journal (``service.store.journal``). A PostgreSQL that
