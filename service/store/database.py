@@ -170,34 +170,35 @@ class Database:
 
     def transaction(self, work: Callable[[Session], T]) -> T:
         """Run ``work`` in one session and one transaction, committed on success."""
-        if self._hub_sessions is not None:
-            done, result = self._on_hub(self._hub_sessions.begin, work)
-            if done:
-                return result
-        return self.run(lambda: self._counted(self.sessions.begin, work))
+        hub = self._hub_sessions.begin if self._hub_sessions is not None else None
+        return self._unit(hub, self.sessions.begin, work)
 
     def statements(self, work: Callable[[Connection], T]) -> T:
         """Run ``work`` on one Core connection in one transaction, committed on success: for the per-stream
         write, where an ORM session's bookkeeping cost more CPU than the statements."""
-        if self._hub_engine is not None:
-            done, result = self._on_hub(self._hub_engine.begin, work)
-            if done:
-                return result
-        return self.run(lambda: self._counted(self.engine.begin, work))
+        hub = self._hub_engine.begin if self._hub_engine is not None else None
+        return self._unit(hub, self.engine.begin, work)
 
-    def _on_hub(self, begin: Callable[[], AbstractContextManager[H]], work: Callable[[H], T]) -> tuple[bool, T]:
-        """``work`` on the hub's connection: (True, its result), or (False, None) when SQLite was locked (the
-        transaction is rolled back, and the caller runs ``work`` again where it may wait)."""
-        try:
-            result = self._counted(begin, work, locked_is_outage=False)
-        except OperationalError as error:
-            if _locked(error):
-                return False, None  # type: ignore[return-value]
-            raise
-        self._hub_commits += 1
-        if self._hub_commits % CHECKPOINT_EVERY == 0:
-            self._thread.spawn(self._checkpoint)
-        return True, result
+    def _unit(
+        self,
+        on_hub: Callable[[], AbstractContextManager[H]] | None,
+        on_thread: Callable[[], AbstractContextManager[H]],
+        work: Callable[[H], T],
+    ) -> T:
+        """``work`` on the hub's connection when there is one and SQLite is not locked; else (rolled back, if it
+        was tried) where it may wait: the database thread for SQLite, inline for PostgreSQL."""
+        if on_hub is not None:
+            try:
+                result = self._counted(on_hub, work, locked_is_outage=False)
+            except OperationalError as error:
+                if not _locked(error):
+                    raise
+            else:
+                self._hub_commits += 1
+                if self._hub_commits % CHECKPOINT_EVERY == 0:
+                    self._thread.spawn(self._checkpoint)
+                return result
+        return self.run(lambda: self._counted(on_thread, work))
 
     def _checkpoint(self) -> None:
         """Copy the WAL's pages into the database file and start the WAL over (on the thread: this is what syncs

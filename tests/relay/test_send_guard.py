@@ -8,41 +8,50 @@ client stays connected."""
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterator
+
+import pytest
 
 from service.relay.send_guard import GuardedBody, SendGuard
 
 
-def test_the_write_after_the_last_item_is_watched_until_close() -> None:
-    guard = SendGuard(timeout=2.0)
-    guard.timer = object()  # no hub timer in this test: the sweep is called by hand
-    ours, theirs = socket.socketpair()
-    try:
-        body = GuardedBody(iter([b"event 1", b"event 2"]), guard, ours)
-        items = iter(body)
-        assert next(items) == b"event 1" and body.writing_since is not None  # the server writes it now
-        assert next(items) == b"event 2"
-        assert next(items, None) is None  # exhausted: the server goes on to write the body's end
-        assert body.writing_since is not None
-        assert {watched.writer for watched in guard.watched} == {body}
-        body.close()  # the server is done with the response
-        assert body.writing_since is None and not guard.watched
-    finally:
-        ours.close()
-        theirs.close()
+@pytest.fixture
+def guard() -> SendGuard:
+    watching = SendGuard(timeout=2.0)
+    watching.timer = object()  # no hub timer in these tests: the sweep is called by hand
+    return watching
 
 
-def test_a_stalled_last_write_is_cut() -> None:
-    guard = SendGuard(timeout=2.0)
-    guard.timer = object()
+@pytest.fixture
+def connection() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """The server's end of a connection and the client's."""
     ours, theirs = socket.socketpair()
-    try:
-        body = GuardedBody(iter([b"the last event"]), guard, ours)
-        assert list(body) == [b"the last event"]
-        assert body.writing_since is not None
-        body.writing_since -= 3.0  # the body's end has waited past the timeout
-        guard._sweep()
-        assert not guard.watched
-        assert theirs.recv(16) == b""  # shut down: the blocked write fails and the server closes the connection
-    finally:
-        ours.close()
-        theirs.close()
+    yield ours, theirs
+    ours.close()
+    theirs.close()
+
+
+def test_the_write_after_the_last_item_is_watched_until_close(
+    guard: SendGuard, connection: tuple[socket.socket, socket.socket]
+) -> None:
+    ours, _ = connection
+    body = GuardedBody(iter([b"event 1", b"event 2"]), guard, ours)
+    items = iter(body)
+    assert next(items) == b"event 1" and body.writing_since is not None  # the server writes it now
+    assert next(items) == b"event 2"
+    assert next(items, None) is None  # exhausted: the server goes on to write the body's end
+    assert body.writing_since is not None
+    assert {watched.writer for watched in guard.watched} == {body}
+    body.close()  # the server is done with the response
+    assert body.writing_since is None and not guard.watched
+
+
+def test_a_stalled_last_write_is_cut(guard: SendGuard, connection: tuple[socket.socket, socket.socket]) -> None:
+    ours, theirs = connection
+    body = GuardedBody(iter([b"the last event"]), guard, ours)
+    assert list(body) == [b"the last event"]
+    assert body.writing_since is not None
+    body.writing_since -= 3.0  # the body's end has waited past the timeout
+    guard._sweep()
+    assert not guard.watched
+    assert theirs.recv(16) == b""  # shut down: the blocked write fails and the server closes the connection
